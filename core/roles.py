@@ -1,0 +1,122 @@
+"""The department's roles, as Django groups, and the model permissions each one holds.
+
+Per-object grants (a referring physician's own orders, a patient's own record) are
+django-guardian object permissions given by the services that create those objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FRONT_DESK = "front desk"
+TECHNOLOGIST = "technologist"
+RADIOLOGIST = "radiologist"
+TRANSCRIPTIONIST = "transcriptionist"
+REFERRING_PHYSICIAN = "referring physician"
+PATIENT = "patient"
+ADMINISTRATOR = "administrator"
+
+ALL_ROLES = (
+    FRONT_DESK,
+    TECHNOLOGIST,
+    RADIOLOGIST,
+    TRANSCRIPTIONIST,
+    REFERRING_PHYSICIAN,
+    PATIENT,
+    ADMINISTRATOR,
+)
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    # "app_label.codename" model permissions granted to every member of the group.
+    permissions: tuple[str, ...]
+
+
+def _crud(app: str, model: str, *actions: str) -> tuple[str, ...]:
+    return tuple(f"{app}.{action}_{model}" for action in actions)
+
+
+_VIEW_CLINICAL = (
+    *_crud("ris", "patient", "view"),
+    *_crud("ris", "patientidentifier", "view"),
+    *_crud("ris", "order", "view"),
+    *_crud("ris", "requestedprocedure", "view"),
+    *_crud("ris", "scheduledprocedurestep", "view"),
+    *_crud("ris", "proceduretype", "view"),
+    *_crud("ris", "room", "view"),
+)
+
+ROLES: dict[str, Role] = {
+    FRONT_DESK: Role(
+        FRONT_DESK,
+        (
+            *_VIEW_CLINICAL,
+            *_crud("ris", "patient", "add", "change"),
+            *_crud("ris", "patientidentifier", "add", "change", "delete"),
+            *_crud("ris", "order", "add", "change"),
+            *_crud("ris", "requestedprocedure", "add", "change"),
+            *_crud("ris", "scheduledprocedurestep", "add", "change"),
+        ),
+    ),
+    TECHNOLOGIST: Role(
+        TECHNOLOGIST,
+        (
+            *_VIEW_CLINICAL,
+            *_crud("ris", "scheduledprocedurestep", "change"),
+            *_crud("pacs", "study", "view"),
+            *_crud("pacs", "series", "view"),
+            *_crud("pacs", "instance", "view"),
+        ),
+    ),
+    RADIOLOGIST: Role(
+        RADIOLOGIST,
+        (
+            *_VIEW_CLINICAL,
+            *_crud("pacs", "study", "view"),
+            *_crud("pacs", "series", "view"),
+            *_crud("pacs", "instance", "view"),
+            *_crud("reporting", "report", "view", "add", "change"),
+            "reporting.sign_report",
+        ),
+    ),
+    TRANSCRIPTIONIST: Role(
+        TRANSCRIPTIONIST,
+        (
+            *_crud("ris", "patient", "view"),
+            *_crud("ris", "order", "view"),
+            *_crud("reporting", "report", "view", "change"),
+        ),
+    ),
+    # Referring physicians and patients hold no model-wide permission: what they see
+    # comes from object permissions on their own orders and records.
+    REFERRING_PHYSICIAN: Role(REFERRING_PHYSICIAN, ()),
+    PATIENT: Role(PATIENT, ()),
+    ADMINISTRATOR: Role(
+        ADMINISTRATOR,
+        (
+            *_VIEW_CLINICAL,
+            *_crud("core", "auditevent", "view"),
+            *_crud("ris", "proceduretype", "add", "change", "delete"),
+            *_crud("ris", "room", "add", "change", "delete"),
+            *_crud("ris", "assigningauthority", "view", "add", "change"),
+            *_crud("pacs", "study", "view"),
+            *_crud("reporting", "report", "view"),
+            *_crud("auth", "user", "view", "add", "change"),
+        ),
+    ),
+}
+
+
+def has_role(user: object, role: str) -> bool:
+    """Tell whether USER is in the group named ROLE (superusers hold every role)."""
+    if not getattr(user, "is_authenticated", False):
+        return False
+    if getattr(user, "is_superuser", False):
+        return True
+    names = getattr(user, "_role_names", None)
+    if names is None:
+        names = frozenset(user.groups.values_list("name", flat=True))  # type: ignore[attr-defined]
+        user._role_names = names  # type: ignore[attr-defined]
+    return role in names

@@ -1,0 +1,8 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class PacsConfig(AppConfig):
+    name = "pacs"
+    verbose_name = "PACS: the image archive"

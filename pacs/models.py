@@ -1,0 +1,99 @@
+"""The archive's index: studies, series and instances, with what C-FIND and QIDO match on.
+
+Header values are kept as received (DICOM string forms) so that queries answer from
+the index alone; dates are also kept as dates for range matching.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models.functions import Upper
+
+from ris.models import Patient, RequestedProcedure
+
+
+class Study(models.Model):
+    study_instance_uid = models.CharField(max_length=64, unique=True)
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
+    # The order's requested procedure this study was matched to, once reconciled.
+    requested_procedure = models.ForeignKey(
+        RequestedProcedure, null=True, blank=True, on_delete=models.SET_NULL, related_name="studies"
+    )
+    # Patient module as received in the headers (PS3.4 C.6.1.1.2).
+    patient_name = models.CharField(max_length=324, blank=True)
+    dicom_patient_id = models.CharField("Patient ID", max_length=64, blank=True, db_index=True)
+    issuer_of_patient_id = models.CharField(max_length=64, blank=True)
+    patient_birth_date = models.DateField(null=True, blank=True)
+    patient_sex = models.CharField(max_length=16, blank=True)
+    # Study module.
+    study_date = models.DateField(null=True, blank=True)
+    study_time = models.CharField(max_length=16, blank=True)  # TM as received
+    accession_number = models.CharField(max_length=16, blank=True, db_index=True)
+    study_id = models.CharField(max_length=16, blank=True)
+    study_description = models.CharField(max_length=64, blank=True)
+    referring_physician_name = models.CharField(max_length=324, blank=True)
+    modalities_in_study = models.CharField(max_length=128, blank=True)  # backslash-separated
+    specific_character_set = models.CharField(max_length=128, blank=True)
+    number_of_series = models.PositiveIntegerField(default=0)
+    number_of_instances = models.PositiveIntegerField(default=0)
+    received_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-study_date", "-id"]
+        verbose_name_plural = "studies"
+        indexes = [
+            models.Index(fields=["study_date"]),
+            models.Index(Upper("patient_name"), name="study_patient_name_upper"),
+            models.Index(fields=["received_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Study {self.study_instance_uid}"
+
+    def audit_patient(self) -> Patient:
+        return self.patient
+
+
+class Series(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series")
+    series_instance_uid = models.CharField(max_length=64, unique=True)
+    modality = models.CharField(max_length=16, db_index=True)
+    series_number = models.IntegerField(null=True, blank=True)
+    series_description = models.CharField(max_length=64, blank=True)
+    body_part_examined = models.CharField(max_length=16, blank=True)
+    series_date = models.DateField(null=True, blank=True)
+    number_of_instances = models.PositiveIntegerField(default=0)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["study_id", "series_number", "id"]
+        verbose_name_plural = "series"
+
+    def __str__(self) -> str:
+        return f"Series {self.series_instance_uid}"
+
+    def audit_patient(self) -> Patient:
+        return self.study.patient
+
+
+class Instance(models.Model):
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
+    sop_instance_uid = models.CharField(max_length=64, unique=True)
+    sop_class_uid = models.CharField(max_length=64, db_index=True)
+    instance_number = models.IntegerField(null=True, blank=True)
+    transfer_syntax_uid = models.CharField(max_length=64)
+    # Path of the stored file, relative to STORAGE_DIR.
+    file_path = models.CharField(max_length=512)
+    file_size = models.PositiveBigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["series_id", "instance_number", "id"]
+
+    def __str__(self) -> str:
+        return f"Instance {self.sop_instance_uid}"
+
+    def audit_patient(self) -> Patient:
+        return self.series.study.patient
