@@ -42,7 +42,9 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
 
 
-def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+def env_int(
+    name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
     value = _raw(name)
     if value is None or value.strip() == "":
         return default
@@ -63,9 +65,15 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 
 def env_ae_title(name: str, default: str) -> str:
-    """Read a DICOM AE title: 1-16 characters of the default repertoire, no backslash (PS3.5 6.2)."""
+    """Read an AE title: 1-16 default-repertoire characters, no backslash (PS3.5 6.2)."""
     value = (env_str(name, default) or "").strip()
-    if not value or len(value) > 16 or "\\" in value or not value.isascii() or not value.isprintable():
+    if (
+        not value
+        or len(value) > 16
+        or "\\" in value
+        or not value.isascii()
+        or not value.isprintable()
+    ):
         raise ImproperlyConfigured(
             f"{name} must be 1-16 printable ASCII characters without a backslash, got {value!r}"
         )

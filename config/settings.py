@@ -118,6 +118,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
+WHITENOISE_USE_FINDERS = DEBUG  # `make run` collects static files; DEBUG also serves them live
+WHITENOISE_AUTOREFRESH = DEBUG
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = not DEBUG
@@ -128,8 +130,9 @@ SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600, minimum=60)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
+        # Basic first: an unauthenticated client is told to authenticate (401, WWW-Authenticate).
         "rest_framework.authentication.BasicAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["core.permissions.ModelViewPermission"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
@@ -158,7 +161,16 @@ HL7_SENDING_FACILITY = env_str("HL7_SENDING_FACILITY", "RADIOLOGY") or "RADIOLOG
 ACCESSION_PREFIX = env_str("ACCESSION_PREFIX", "A") or ""
 if len(ACCESSION_PREFIX) > 4 or not ACCESSION_PREFIX.isalnum():
     raise ImproperlyConfigured("ACCESSION_PREFIX must be 1-4 letters or digits")
-DICOM_UID_ROOT = env_str("DICOM_UID_ROOT", "") or None  # None: pydicom's root for examples
+# The organisation's UID root, ending in a dot; empty: UUID-derived UIDs under 2.25 (PS3.5 B.2).
+DICOM_UID_ROOT = env_str("DICOM_UID_ROOT", "") or None
+if DICOM_UID_ROOT and (
+    not DICOM_UID_ROOT.endswith(".")
+    or len(DICOM_UID_ROOT) > 40
+    or not all(part.isdigit() for part in DICOM_UID_ROOT[:-1].split("."))
+):
+    raise ImproperlyConfigured(
+        "DICOM_UID_ROOT must be digits and dots, end with a dot, at most 40 chars"
+    )
 INSTITUTION_NAME = env_str("INSTITUTION_NAME", "Demo Imaging Centre") or ""
 
 # Celery: with no broker, tasks run in-process (the embedded default).

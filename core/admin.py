@@ -12,8 +12,17 @@ from core.models import AuditEvent, WorkerHeartbeat
 class AuditEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Read-only: the trail is written by core.audit alone."""
 
-    list_display = ["occurred_at", "actor_name", "channel", "action", "outcome", "object_type",
-                    "object_repr", "patient_repr", "source_address"]
+    list_display = [
+        "occurred_at",
+        "actor_name",
+        "channel",
+        "action",
+        "outcome",
+        "object_type",
+        "object_repr",
+        "patient_repr",
+        "source_address",
+    ]
     list_filter = ["action", "outcome", "channel", "object_type"]
     search_fields = ["actor_name", "object_id", "object_repr", "patient_key", "patient_repr"]
     date_hierarchy = "occurred_at"

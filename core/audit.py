@@ -64,12 +64,14 @@ def record(
 ) -> AuditEvent:
     """Write one audit event; a request supplies the actor, channel and address."""
     if request is not None:
+        # A DRF Request wraps the HttpRequest; reading its .user would authenticate again.
+        request = getattr(request, "_request", request)
         user = getattr(request, "user", None)
         if actor is None and user is not None and user.is_authenticated:
             actor = user
         source_address = source_address or client_address(request)
         if channel is None:
-            channel = Channel.API if request.path.startswith("/api/") else Channel.WEB
+            channel = Channel.API if request.path.startswith("/api/") else Channel.WEB  # type: ignore[union-attr]
     if actor is not None and not actor_name:
         actor_name = actor.get_username()
     fields = _object_fields(target)

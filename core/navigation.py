@@ -18,10 +18,28 @@ class NavItem:
 
 NAV_ITEMS = (
     NavItem("Home", "home", roles.ALL_ROLES),
-    NavItem("Patients", "ris:patient-list", (roles.FRONT_DESK, roles.TECHNOLOGIST, roles.RADIOLOGIST,
-                                             roles.ADMINISTRATOR, roles.REFERRING_PHYSICIAN)),
-    NavItem("Orders", "ris:order-list", (roles.FRONT_DESK, roles.TECHNOLOGIST, roles.RADIOLOGIST,
-                                         roles.ADMINISTRATOR, roles.REFERRING_PHYSICIAN)),
+    NavItem(
+        "Patients",
+        "ris:patient-list",
+        (
+            roles.FRONT_DESK,
+            roles.TECHNOLOGIST,
+            roles.RADIOLOGIST,
+            roles.ADMINISTRATOR,
+            roles.REFERRING_PHYSICIAN,
+        ),
+    ),
+    NavItem(
+        "Orders",
+        "ris:order-list",
+        (
+            roles.FRONT_DESK,
+            roles.TECHNOLOGIST,
+            roles.RADIOLOGIST,
+            roles.ADMINISTRATOR,
+            roles.REFERRING_PHYSICIAN,
+        ),
+    ),
     NavItem("Audit trail", "core:audit-list", (roles.ADMINISTRATOR,)),
     NavItem("Admin", "admin:index", (roles.ADMINISTRATOR,), staff_only=True),
 )

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
 from django.db import models
+from django.http import HttpRequest
 from guardian.shortcuts import get_objects_for_user
 from rest_framework.permissions import DjangoModelPermissions
 from rest_framework.request import Request
@@ -22,7 +25,7 @@ def can(user: Any, perm: str, obj: models.Model | None = None) -> bool:
 
 
 def visible(user: Any, perm: str, queryset: models.QuerySet[M]) -> models.QuerySet[M]:
-    """Narrow QUERYSET to the rows USER may see under PERM (all of them with the model permission)."""
+    """Narrow QUERYSET to the rows USER may see under PERM (all, with the model permission)."""
     if not user.is_authenticated or not user.is_active:
         return queryset.none()
     return get_objects_for_user(user, perm, klass=queryset, accept_global_perms=True)
@@ -46,3 +49,11 @@ class ModelViewPermission(DjangoModelPermissions):
         if request.method in ("GET", "HEAD", "OPTIONS") and getattr(view, "object_grants", False):
             return True
         return super().has_permission(request, view)
+
+
+def acting_user(request: HttpRequest) -> User:
+    """Return the logged-in person behind REQUEST (login is required everywhere but /login/)."""
+    user = request.user
+    if not isinstance(user, User) or not user.is_authenticated:
+        raise PermissionDenied("Log in first.")
+    return user

@@ -35,6 +35,8 @@ def audit_events(criteria: AuditFilter) -> QuerySet[AuditEvent]:
         start = timezone.make_aware(dt.datetime.combine(criteria.date_from, dt.time.min))
         events = events.filter(occurred_at__gte=start)
     if criteria.date_to:
-        end = timezone.make_aware(dt.datetime.combine(criteria.date_to, dt.time.min)) + dt.timedelta(days=1)
+        end = timezone.make_aware(
+            dt.datetime.combine(criteria.date_to, dt.time.min)
+        ) + dt.timedelta(days=1)
         events = events.filter(occurred_at__lt=end)
     return events.order_by("-occurred_at", "-id")

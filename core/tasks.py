@@ -14,5 +14,7 @@ from core.models import WorkerHeartbeat
 def record_worker_heartbeat() -> str:
     """Note that a worker is alive; beat runs this every minute and /health/ reports it."""
     hostname = socket.gethostname()
-    WorkerHeartbeat.objects.update_or_create(hostname=hostname, defaults={"seen_at": timezone.now()})
+    WorkerHeartbeat.objects.update_or_create(
+        hostname=hostname, defaults={"seen_at": timezone.now()}
+    )
     return hostname

@@ -45,10 +45,12 @@ def audit_list(request: HttpRequest) -> HttpResponse:
         return render(request, "core/audit_list.html", {"form": form, "page": None}, status=400)
     events = audit_events(form.criteria() if form.is_bound else AuditFilter())
     page = Paginator(events, 50).get_page(request.GET.get("page"))
+    # Render before recording this query, or the new row would shift the page being shown.
+    response = render(request, "core/audit_list.html", {"form": form, "page": page})
     audit.record_query(
         request, "core.auditevent", count=page.paginator.count, criteria=request.GET.urlencode()
     )
-    return render(request, "core/audit_list.html", {"form": form, "page": page})
+    return response
 
 
 @login_not_required
@@ -72,5 +74,6 @@ def health(request: HttpRequest) -> JsonResponse:
         checks["tasks"] = "broker"
         checks["worker_last_seen"] = beat.seen_at.isoformat() if beat else "never"
     checks["time"] = timezone.now().isoformat()
-    return JsonResponse({"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503)
-
+    return JsonResponse(
+        {"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503
+    )

@@ -16,5 +16,7 @@ from reporting.selectors import studies_awaiting_reading
 @permission_required("reporting.view_report", raise_exception=True)
 def worklist(request: HttpRequest) -> HttpResponse:
     page = Paginator(studies_awaiting_reading(), 50).get_page(request.GET.get("page"))
-    audit.record_query(request, "pacs.study", count=page.paginator.count, criteria="awaiting reading")
+    audit.record_query(
+        request, "pacs.study", count=page.paginator.count, criteria="awaiting reading"
+    )
     return render(request, "reporting/worklist.html", {"page": page})

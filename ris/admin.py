@@ -47,8 +47,16 @@ class PatientIdentifierAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(ProcedureType)
 class ProcedureTypeAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ["code", "name", "modality", "body_part", "cpt_code", "default_duration_minutes",
-                    "price", "active"]
+    list_display = [
+        "code",
+        "name",
+        "modality",
+        "body_part",
+        "cpt_code",
+        "default_duration_minutes",
+        "price",
+        "active",
+    ]
     list_filter = ["modality", "active"]
     search_fields = ["code", "name", "cpt_code"]
 
@@ -72,8 +80,14 @@ class RequestedProcedureInline(admin.TabularInline):  # type: ignore[type-arg]
 
 @admin.register(Order)
 class OrderAdmin(GuardedModelAdmin):
-    list_display = ["accession_number", "patient", "priority", "status", "referring_physician_name",
-                    "ordered_at"]
+    list_display = [
+        "accession_number",
+        "patient",
+        "priority",
+        "status",
+        "referring_physician_name",
+        "ordered_at",
+    ]
     list_filter = ["status", "priority"]
     search_fields = ["accession_number", "placer_order_number", "patient__family_name"]
     raw_id_fields = ["patient", "referring_physician", "created_by"]
@@ -82,7 +96,13 @@ class OrderAdmin(GuardedModelAdmin):
 
 @admin.register(RequestedProcedure)
 class RequestedProcedureAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ["order", "requested_procedure_id", "procedure_type", "status", "study_instance_uid"]
+    list_display = [
+        "order",
+        "requested_procedure_id",
+        "procedure_type",
+        "status",
+        "study_instance_uid",
+    ]
     list_filter = ["status"]
     search_fields = ["order__accession_number", "study_instance_uid"]
     raw_id_fields = ["order"]

@@ -26,7 +26,15 @@ class PatientSerializer(serializers.ModelSerializer[Patient]):
 
     class Meta:
         model = Patient
-        fields = ["id", "family_name", "given_name", "middle_name", "birth_date", "sex", "identifiers"]
+        fields = [
+            "id",
+            "family_name",
+            "given_name",
+            "middle_name",
+            "birth_date",
+            "sex",
+            "identifiers",
+        ]
 
 
 class OrderSerializer(serializers.ModelSerializer[Order]):
@@ -35,8 +43,15 @@ class OrderSerializer(serializers.ModelSerializer[Order]):
     class Meta:
         model = Order
         fields = [
-            "id", "accession_number", "placer_order_number", "patient", "referring_physician_name",
-            "priority", "reason", "status", "ordered_at",
+            "id",
+            "accession_number",
+            "placer_order_number",
+            "patient",
+            "referring_physician_name",
+            "priority",
+            "reason",
+            "status",
+            "ordered_at",
         ]
 
 
@@ -45,8 +60,12 @@ class _AuditedReadOnly(viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         response = super().list(request, *args, **kwargs)
-        count = response.data.get("count", 0) if isinstance(response.data, dict) else len(response.data)
-        audit.record_query(request, self.queryset_label, count=count, criteria=request.GET.urlencode())
+        count = (
+            response.data.get("count", 0) if isinstance(response.data, dict) else len(response.data)
+        )
+        audit.record_query(
+            request, self.queryset_label, count=count, criteria=request.GET.urlencode()
+        )
         return response
 
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:

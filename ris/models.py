@@ -64,7 +64,13 @@ class Patient(models.Model):
     @property
     def dicom_name(self) -> str:
         """Patient's Name as a DICOM PN: Family^Given^Middle^Prefix^Suffix (PS3.5 6.2.1)."""
-        parts = [self.family_name, self.given_name, self.middle_name, self.name_prefix, self.name_suffix]
+        parts = [
+            self.family_name,
+            self.given_name,
+            self.middle_name,
+            self.name_prefix,
+            self.name_suffix,
+        ]
         return "^".join(parts).rstrip("^")
 
     def audit_patient(self) -> Patient:
@@ -245,11 +251,15 @@ class ScheduledProcedureStep(models.Model):
     requested_procedure = models.ForeignKey(
         RequestedProcedure, on_delete=models.CASCADE, related_name="steps"
     )
-    sps_id = models.CharField("scheduled procedure step ID", max_length=16, unique=True)  # (0040,0009)
+    sps_id = models.CharField(
+        "scheduled procedure step ID", max_length=16, unique=True
+    )  # (0040,0009)
     modality = models.CharField(max_length=16)
     station_ae_title = models.CharField(max_length=16, blank=True)
     station_name = models.CharField(max_length=16, blank=True)
-    room = models.ForeignKey(Room, null=True, blank=True, on_delete=models.PROTECT, related_name="steps")
+    room = models.ForeignKey(
+        Room, null=True, blank=True, on_delete=models.PROTECT, related_name="steps"
+    )
     scheduled_start = models.DateTimeField()
     scheduled_end = models.DateTimeField()
     performing_physician_name = models.CharField(max_length=192, blank=True)

@@ -17,8 +17,10 @@ def _day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
     return start, start + dt.timedelta(days=1)
 
 
-def steps_for_day(day: dt.date | None = None, *, room_id: int | None = None) -> QuerySet[ScheduledProcedureStep]:
-    """Scheduled steps starting on DAY (local time), with patient and procedure, cancelled ones left out."""
+def steps_for_day(
+    day: dt.date | None = None, *, room_id: int | None = None
+) -> QuerySet[ScheduledProcedureStep]:
+    """Steps starting on DAY (local time) with patient and procedure, less the cancelled ones."""
     start, end = _day_bounds(day or timezone.localdate())
     steps = (
         ScheduledProcedureStep.objects.filter(scheduled_start__gte=start, scheduled_start__lt=end)
@@ -41,7 +43,7 @@ def _with_identifiers(patients: QuerySet[Patient]) -> QuerySet[Patient]:
 
 
 def patients_visible_to(user: Any, query: str = "") -> QuerySet[Patient]:
-    """Patients USER may see (role or grant), active records only, matching QUERY by name or identifier."""
+    """Active patients USER may see (role or grant) matching QUERY by name or identifier."""
     patients = visible(user, "ris.view_patient", Patient.objects.filter(merged_into__isnull=True))
     query = query.strip()
     if query:

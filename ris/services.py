@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
-from guardian.shortcuts import assign_perm
+from guardian.shortcuts import assign_perm, remove_perm
 from pydicom.uid import generate_uid
 
 from core import audit
@@ -82,11 +82,11 @@ def _audit_kwargs(actor: Any, channel: str | None, source_address: str) -> dict[
 def register_patient(
     data: PatientInput,
     *,
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
     channel: str | None = audit.Channel.WEB,
     source_address: str = "",
 ) -> Patient:
-    """Create a patient with its identifiers; an identifier already held by another patient is refused."""
+    """Create a patient with its identifiers; one already held by another patient is refused."""
     if not data.family_name.strip():
         raise ValidationError({"family_name": "A family name is required."})
     patient = Patient(
@@ -126,9 +126,15 @@ def add_identifier(patient: Patient, identifier: IdentifierInput) -> PatientIden
     )
 
 
-def grant_patient_access(patient: Patient, user: AbstractBaseUser) -> None:
-    """Let USER (the patient themself) see PATIENT's own record."""
-    patient.user = user  # type: ignore[assignment]
+@transaction.atomic
+def grant_patient_access(patient: Patient, user: User) -> None:
+    """Link USER's portal account to PATIENT's record, and to no other."""
+    linked = Patient.objects.filter(user=user).exclude(pk=patient.pk).first()
+    if linked is not None:
+        raise ValidationError(f"{user.get_username()} is already linked to patient {linked.pk}.")
+    if patient.user is not None and patient.user != user:
+        remove_perm("ris.view_patient", patient.user, patient)
+    patient.user = user
     patient.save(update_fields=["user", "updated_at"])
     assign_perm("ris.view_patient", user, patient)
 
@@ -140,7 +146,7 @@ class BookingInput:
     scheduled_start: dt.datetime
     room: Room | None = None
     referring_physician_name: str = ""
-    referring_physician: AbstractBaseUser | None = None
+    referring_physician: User | None = None
     priority: str = Priority.ROUTINE
     reason: str = ""
     placer_order_number: str = ""
@@ -152,11 +158,11 @@ class BookingInput:
 def book_exam(
     booking: BookingInput,
     *,
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
     channel: str | None = audit.Channel.WEB,
     source_address: str = "",
 ) -> Order:
-    """Create an order with one requested procedure and its scheduled step, ready for the worklist."""
+    """Create an order, its requested procedure and scheduled step, ready for the worklist."""
     if timezone.is_naive(booking.scheduled_start):
         raise ValidationError({"scheduled_start": "The start time must carry a time zone."})
     procedure = booking.procedure_type
@@ -165,11 +171,16 @@ def book_exam(
     room = booking.room
     if room is not None and room.modality != procedure.modality:
         raise ValidationError(
-            {"room": f"{room.name} is a {room.modality} room; {procedure.code} needs {procedure.modality}."}
+            {
+                "room": f"{room.name} is a {room.modality} room; "
+                f"{procedure.code} needs {procedure.modality}."
+            }
         )
     accession = booking.accession_number.strip() or generate_accession_number()
     if Order.objects.filter(accession_number=accession).exists():
-        raise ValidationError({"accession_number": f"Accession number {accession} is already used."})
+        raise ValidationError(
+            {"accession_number": f"Accession number {accession} is already used."}
+        )
     order = Order.objects.create(
         accession_number=accession,
         placer_order_number=booking.placer_order_number,
@@ -216,21 +227,25 @@ _OPEN_STEP_STATES = (
 
 
 @transaction.atomic
-def check_in(
-    order: Order, *, actor: AbstractBaseUser | None = None, source_address: str = ""
-) -> Order:
+def check_in(order: Order, *, actor: User | None = None, source_address: str = "") -> Order:
     """Mark the patient of ORDER as arrived; only a scheduled order can be checked in."""
     order = Order.objects.select_for_update().get(pk=order.pk)
     if order.status != Order.Status.SCHEDULED:
-        raise ValidationError(f"Order {order.accession_number} is {order.get_status_display()}, not scheduled.")
+        raise ValidationError(
+            f"Order {order.accession_number} is {order.get_status_display()}, not scheduled."
+        )
     order.status = Order.Status.ARRIVED
     order.save(update_fields=["status", "updated_at"])
     ScheduledProcedureStep.objects.filter(
         requested_procedure__order=order, status=ScheduledProcedureStep.Status.SCHEDULED
     ).update(status=ScheduledProcedureStep.Status.ARRIVED, updated_at=timezone.now())
     audit.record(
-        audit.Action.UPDATE, order, actor=actor, channel=audit.Channel.WEB,
-        source_address=source_address, detail="checked in",
+        audit.Action.UPDATE,
+        order,
+        actor=actor,
+        channel=audit.Channel.WEB,
+        source_address=source_address,
+        detail="checked in",
     )
     return order
 
@@ -240,26 +255,31 @@ def cancel_order(
     order: Order,
     reason: str,
     *,
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
     channel: str | None = audit.Channel.WEB,
     source_address: str = "",
 ) -> Order:
-    """Cancel ORDER and take its open steps off the worklist; a performed exam cannot be cancelled."""
+    """Cancel ORDER and take its open steps off the worklist; a performed exam stays."""
     order = Order.objects.select_for_update().get(pk=order.pk)
     if order.status not in (Order.Status.SCHEDULED, Order.Status.ARRIVED):
         raise ValidationError(
-            f"Order {order.accession_number} is {order.get_status_display()} and cannot be cancelled."
+            f"Order {order.accession_number} is {order.get_status_display()}"
+            " and cannot be cancelled."
         )
     if not reason.strip():
         raise ValidationError({"reason": "A cancellation needs a reason."})
     order.status = Order.Status.CANCELLED
     order.save(update_fields=["status", "updated_at"])
-    RequestedProcedure.objects.filter(order=order).update(status=RequestedProcedure.Status.CANCELLED)
+    RequestedProcedure.objects.filter(order=order).update(
+        status=RequestedProcedure.Status.CANCELLED
+    )
     ScheduledProcedureStep.objects.filter(
         requested_procedure__order=order, status__in=_OPEN_STEP_STATES
     ).update(status=ScheduledProcedureStep.Status.CANCELLED, updated_at=timezone.now())
     audit.record(
-        audit.Action.UPDATE, order, detail=f"cancelled: {reason.strip()}",
+        audit.Action.UPDATE,
+        order,
+        detail=f"cancelled: {reason.strip()}",
         **_audit_kwargs(actor, channel, source_address),
     )
     return order

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from core import audit
 from core.audit import client_address
-from core.permissions import can
+from core.permissions import acting_user, can
 from ris import selectors, services
 from ris.models import Order, Patient, Room
 
@@ -36,10 +36,14 @@ def exams_today(request: HttpRequest) -> HttpResponse:
     selected = next((room for room in rooms if str(room.pk) == room_id), None)
     steps = list(selectors.steps_for_day(room_id=selected.pk if selected else None))
     audit.record_query(
-        request, "ris.scheduledprocedurestep", count=len(steps),
+        request,
+        "ris.scheduledprocedurestep",
+        count=len(steps),
         criteria=f"today room={selected.name if selected else 'all'}",
     )
-    return render(request, "ris/exams_today.html", {"steps": steps, "rooms": rooms, "selected": selected})
+    return render(
+        request, "ris/exams_today.html", {"steps": steps, "rooms": rooms, "selected": selected}
+    )
 
 
 @require_POST
@@ -47,7 +51,7 @@ def exams_today(request: HttpRequest) -> HttpResponse:
 def check_in(request: HttpRequest, pk: int) -> HttpResponse:
     order = get_object_or_404(Order, pk=pk)
     try:
-        services.check_in(order, actor=request.user, source_address=client_address(request))  # type: ignore[arg-type]
+        services.check_in(order, actor=acting_user(request), source_address=client_address(request))
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
         return redirect("ris:today")
@@ -68,7 +72,9 @@ def _patient_for(request: HttpRequest, pk: int) -> Patient:
     patient = Patient.objects.filter(pk=pk).first()
     if patient is None or not can(request.user, "ris.view_patient", patient):
         if patient is not None:
-            audit.record(audit.Action.DENIED, patient, request=request, outcome=audit.Outcome.FAILURE)
+            audit.record(
+                audit.Action.DENIED, patient, request=request, outcome=audit.Outcome.FAILURE
+            )
         raise Http404("No such patient.")  # the same answer whether it exists or not
     return patient
 
@@ -86,7 +92,7 @@ def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def my_record(request: HttpRequest) -> HttpResponse:
     """A patient's own record: their portal account points at it."""
-    patient = Patient.objects.filter(user=request.user).first()
+    patient = Patient.objects.filter(user=acting_user(request)).first()
     if patient is None:
         raise PermissionDenied("This account is not linked to a patient record.")
     return patient_detail(request, patient.pk)
@@ -99,9 +105,13 @@ def order_list(request: HttpRequest) -> HttpResponse:
     if status:
         orders = orders.filter(status=status)
     page = Paginator(orders, 50).get_page(request.GET.get("page"))
-    audit.record_query(request, "ris.order", count=page.paginator.count, criteria=f"status={status}")
+    audit.record_query(
+        request, "ris.order", count=page.paginator.count, criteria=f"status={status}"
+    )
     return render(
-        request, "ris/order_list.html", {"page": page, "status": status, "statuses": Order.Status.choices}
+        request,
+        "ris/order_list.html",
+        {"page": page, "status": status, "statuses": Order.Status.choices},
     )
 
 
@@ -111,7 +121,9 @@ def order_detail(request: HttpRequest, pk: int) -> HttpResponse:
     if order is None:
         denied = Order.objects.filter(pk=pk).first()
         if denied is not None:
-            audit.record(audit.Action.DENIED, denied, request=request, outcome=audit.Outcome.FAILURE)
+            audit.record(
+                audit.Action.DENIED, denied, request=request, outcome=audit.Outcome.FAILURE
+            )
         raise Http404("No such order.")
     audit.record(audit.Action.VIEW, order, request=request)
     return render(request, "ris/order_detail.html", {"order": order})

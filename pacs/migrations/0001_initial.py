@@ -6,95 +6,142 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('ris', '0001_initial'),
+        ("ris", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Series',
+            name="Series",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('series_instance_uid', models.CharField(max_length=64, unique=True)),
-                ('modality', models.CharField(db_index=True, max_length=16)),
-                ('series_number', models.IntegerField(blank=True, null=True)),
-                ('series_description', models.CharField(blank=True, max_length=64)),
-                ('body_part_examined', models.CharField(blank=True, max_length=16)),
-                ('series_date', models.DateField(blank=True, null=True)),
-                ('number_of_instances', models.PositiveIntegerField(default=0)),
-                ('received_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("series_instance_uid", models.CharField(max_length=64, unique=True)),
+                ("modality", models.CharField(db_index=True, max_length=16)),
+                ("series_number", models.IntegerField(blank=True, null=True)),
+                ("series_description", models.CharField(blank=True, max_length=64)),
+                ("body_part_examined", models.CharField(blank=True, max_length=16)),
+                ("series_date", models.DateField(blank=True, null=True)),
+                ("number_of_instances", models.PositiveIntegerField(default=0)),
+                ("received_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'verbose_name_plural': 'series',
-                'ordering': ['study_id', 'series_number', 'id'],
+                "verbose_name_plural": "series",
+                "ordering": ["study_id", "series_number", "id"],
             },
         ),
         migrations.CreateModel(
-            name='Instance',
+            name="Instance",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('sop_instance_uid', models.CharField(max_length=64, unique=True)),
-                ('sop_class_uid', models.CharField(db_index=True, max_length=64)),
-                ('instance_number', models.IntegerField(blank=True, null=True)),
-                ('transfer_syntax_uid', models.CharField(max_length=64)),
-                ('file_path', models.CharField(max_length=512)),
-                ('file_size', models.PositiveBigIntegerField(default=0)),
-                ('sha256', models.CharField(blank=True, max_length=64)),
-                ('received_at', models.DateTimeField(auto_now_add=True)),
-                ('series', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='instances', to='pacs.series')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("sop_instance_uid", models.CharField(max_length=64, unique=True)),
+                ("sop_class_uid", models.CharField(db_index=True, max_length=64)),
+                ("instance_number", models.IntegerField(blank=True, null=True)),
+                ("transfer_syntax_uid", models.CharField(max_length=64)),
+                ("file_path", models.CharField(max_length=512)),
+                ("file_size", models.PositiveBigIntegerField(default=0)),
+                ("sha256", models.CharField(blank=True, max_length=64)),
+                ("received_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "series",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="instances",
+                        to="pacs.series",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['series_id', 'instance_number', 'id'],
+                "ordering": ["series_id", "instance_number", "id"],
             },
         ),
         migrations.CreateModel(
-            name='Study',
+            name="Study",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('study_instance_uid', models.CharField(max_length=64, unique=True)),
-                ('patient_name', models.CharField(blank=True, max_length=324)),
-                ('dicom_patient_id', models.CharField(blank=True, db_index=True, max_length=64, verbose_name='Patient ID')),
-                ('issuer_of_patient_id', models.CharField(blank=True, max_length=64)),
-                ('patient_birth_date', models.DateField(blank=True, null=True)),
-                ('patient_sex', models.CharField(blank=True, max_length=16)),
-                ('study_date', models.DateField(blank=True, null=True)),
-                ('study_time', models.CharField(blank=True, max_length=16)),
-                ('accession_number', models.CharField(blank=True, db_index=True, max_length=16)),
-                ('study_id', models.CharField(blank=True, max_length=16)),
-                ('study_description', models.CharField(blank=True, max_length=64)),
-                ('referring_physician_name', models.CharField(blank=True, max_length=324)),
-                ('modalities_in_study', models.CharField(blank=True, max_length=128)),
-                ('specific_character_set', models.CharField(blank=True, max_length=128)),
-                ('number_of_series', models.PositiveIntegerField(default=0)),
-                ('number_of_instances', models.PositiveIntegerField(default=0)),
-                ('received_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('patient', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='studies', to='ris.patient')),
-                ('requested_procedure', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='studies', to='ris.requestedprocedure')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("study_instance_uid", models.CharField(max_length=64, unique=True)),
+                ("patient_name", models.CharField(blank=True, max_length=324)),
+                (
+                    "dicom_patient_id",
+                    models.CharField(
+                        blank=True, db_index=True, max_length=64, verbose_name="Patient ID"
+                    ),
+                ),
+                ("issuer_of_patient_id", models.CharField(blank=True, max_length=64)),
+                ("patient_birth_date", models.DateField(blank=True, null=True)),
+                ("patient_sex", models.CharField(blank=True, max_length=16)),
+                ("study_date", models.DateField(blank=True, null=True)),
+                ("study_time", models.CharField(blank=True, max_length=16)),
+                ("accession_number", models.CharField(blank=True, db_index=True, max_length=16)),
+                ("study_id", models.CharField(blank=True, max_length=16)),
+                ("study_description", models.CharField(blank=True, max_length=64)),
+                ("referring_physician_name", models.CharField(blank=True, max_length=324)),
+                ("modalities_in_study", models.CharField(blank=True, max_length=128)),
+                ("specific_character_set", models.CharField(blank=True, max_length=128)),
+                ("number_of_series", models.PositiveIntegerField(default=0)),
+                ("number_of_instances", models.PositiveIntegerField(default=0)),
+                ("received_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "patient",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="studies",
+                        to="ris.patient",
+                    ),
+                ),
+                (
+                    "requested_procedure",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="studies",
+                        to="ris.requestedprocedure",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'studies',
-                'ordering': ['-study_date', '-id'],
+                "verbose_name_plural": "studies",
+                "ordering": ["-study_date", "-id"],
             },
         ),
         migrations.AddField(
-            model_name='series',
-            name='study',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='series', to='pacs.study'),
+            model_name="series",
+            name="study",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="series", to="pacs.study"
+            ),
         ),
         migrations.AddIndex(
-            model_name='study',
-            index=models.Index(fields=['study_date'], name='pacs_study_study_d_cee61d_idx'),
+            model_name="study",
+            index=models.Index(fields=["study_date"], name="pacs_study_study_d_cee61d_idx"),
         ),
         migrations.AddIndex(
-            model_name='study',
-            index=models.Index(django.db.models.functions.text.Upper('patient_name'), name='study_patient_name_upper'),
+            model_name="study",
+            index=models.Index(
+                django.db.models.functions.text.Upper("patient_name"),
+                name="study_patient_name_upper",
+            ),
         ),
         migrations.AddIndex(
-            model_name='study',
-            index=models.Index(fields=['received_at'], name='pacs_study_receive_c9ab92_idx'),
+            model_name="study",
+            index=models.Index(fields=["received_at"], name="pacs_study_receive_c9ab92_idx"),
         ),
     ]

@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,192 +15,417 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='AssigningAuthority',
+            name="AssigningAuthority",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('namespace_id', models.CharField(max_length=64, unique=True)),
-                ('universal_id', models.CharField(blank=True, max_length=199)),
-                ('universal_id_type', models.CharField(blank=True, max_length=16)),
-                ('description', models.CharField(blank=True, max_length=200)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("namespace_id", models.CharField(max_length=64, unique=True)),
+                ("universal_id", models.CharField(blank=True, max_length=199)),
+                ("universal_id_type", models.CharField(blank=True, max_length=16)),
+                ("description", models.CharField(blank=True, max_length=200)),
             ],
             options={
-                'verbose_name_plural': 'assigning authorities',
-                'ordering': ['namespace_id'],
+                "verbose_name_plural": "assigning authorities",
+                "ordering": ["namespace_id"],
             },
         ),
         migrations.CreateModel(
-            name='NumberSequence',
+            name="NumberSequence",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=32, unique=True)),
-                ('last_value', models.PositiveBigIntegerField(default=0)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=32, unique=True)),
+                ("last_value", models.PositiveBigIntegerField(default=0)),
             ],
         ),
         migrations.CreateModel(
-            name='ProcedureType',
+            name="ProcedureType",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('code', models.CharField(max_length=16, unique=True)),
-                ('name', models.CharField(max_length=200)),
-                ('modality', models.CharField(db_index=True, max_length=16)),
-                ('body_part', models.CharField(blank=True, max_length=64)),
-                ('cpt_code', models.CharField(blank=True, max_length=16)),
-                ('default_duration_minutes', models.PositiveIntegerField(default=15)),
-                ('price', models.DecimalField(decimal_places=2, default=0, max_digits=10)),
-                ('preparation_instructions', models.TextField(blank=True)),
-                ('active', models.BooleanField(default=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("code", models.CharField(max_length=16, unique=True)),
+                ("name", models.CharField(max_length=200)),
+                ("modality", models.CharField(db_index=True, max_length=16)),
+                ("body_part", models.CharField(blank=True, max_length=64)),
+                ("cpt_code", models.CharField(blank=True, max_length=16)),
+                ("default_duration_minutes", models.PositiveIntegerField(default=15)),
+                ("price", models.DecimalField(decimal_places=2, default=0, max_digits=10)),
+                ("preparation_instructions", models.TextField(blank=True)),
+                ("active", models.BooleanField(default=True)),
             ],
             options={
-                'ordering': ['modality', 'name'],
+                "ordering": ["modality", "name"],
             },
         ),
         migrations.CreateModel(
-            name='Room',
+            name="Room",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=64, unique=True)),
-                ('modality', models.CharField(db_index=True, max_length=16)),
-                ('station_ae_title', models.CharField(blank=True, max_length=16, null=True, unique=True)),
-                ('station_name', models.CharField(blank=True, max_length=16)),
-                ('location', models.CharField(blank=True, max_length=64)),
-                ('active', models.BooleanField(default=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=64, unique=True)),
+                ("modality", models.CharField(db_index=True, max_length=16)),
+                (
+                    "station_ae_title",
+                    models.CharField(blank=True, max_length=16, null=True, unique=True),
+                ),
+                ("station_name", models.CharField(blank=True, max_length=16)),
+                ("location", models.CharField(blank=True, max_length=64)),
+                ("active", models.BooleanField(default=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Patient',
+            name="Patient",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('family_name', models.CharField(max_length=64)),
-                ('given_name', models.CharField(blank=True, max_length=64)),
-                ('middle_name', models.CharField(blank=True, max_length=64)),
-                ('name_prefix', models.CharField(blank=True, max_length=16)),
-                ('name_suffix', models.CharField(blank=True, max_length=16)),
-                ('birth_date', models.DateField(blank=True, null=True)),
-                ('sex', models.CharField(choices=[('F', 'Female'), ('M', 'Male'), ('O', 'Other'), ('U', 'Unknown')], default='U', max_length=1)),
-                ('phone', models.CharField(blank=True, max_length=32)),
-                ('email', models.EmailField(blank=True, max_length=254)),
-                ('address', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('merged_into', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='merged_records', to='ris.patient')),
-                ('user', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='patient_record', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("family_name", models.CharField(max_length=64)),
+                ("given_name", models.CharField(blank=True, max_length=64)),
+                ("middle_name", models.CharField(blank=True, max_length=64)),
+                ("name_prefix", models.CharField(blank=True, max_length=16)),
+                ("name_suffix", models.CharField(blank=True, max_length=16)),
+                ("birth_date", models.DateField(blank=True, null=True)),
+                (
+                    "sex",
+                    models.CharField(
+                        choices=[("F", "Female"), ("M", "Male"), ("O", "Other"), ("U", "Unknown")],
+                        default="U",
+                        max_length=1,
+                    ),
+                ),
+                ("phone", models.CharField(blank=True, max_length=32)),
+                ("email", models.EmailField(blank=True, max_length=254)),
+                ("address", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "merged_into",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="merged_records",
+                        to="ris.patient",
+                    ),
+                ),
+                (
+                    "user",
+                    models.OneToOneField(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="patient_record",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['family_name', 'given_name', 'id'],
+                "ordering": ["family_name", "given_name", "id"],
             },
         ),
         migrations.CreateModel(
-            name='Order',
+            name="Order",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('accession_number', models.CharField(max_length=16, unique=True)),
-                ('placer_order_number', models.CharField(blank=True, db_index=True, max_length=64)),
-                ('filler_order_number', models.CharField(blank=True, db_index=True, max_length=64)),
-                ('referring_physician_name', models.CharField(blank=True, max_length=192)),
-                ('priority', models.CharField(choices=[('routine', 'Routine'), ('urgent', 'Urgent'), ('stat', 'STAT')], default='routine', max_length=8)),
-                ('reason', models.TextField(blank=True, verbose_name='clinical indication')),
-                ('status', models.CharField(choices=[('scheduled', 'Scheduled'), ('arrived', 'Arrived'), ('in_progress', 'In progress'), ('completed', 'Completed'), ('cancelled', 'Cancelled')], default='scheduled', max_length=16)),
-                ('ordered_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('referring_physician', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='referred_orders', to=settings.AUTH_USER_MODEL)),
-                ('patient', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='orders', to='ris.patient')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("accession_number", models.CharField(max_length=16, unique=True)),
+                ("placer_order_number", models.CharField(blank=True, db_index=True, max_length=64)),
+                ("filler_order_number", models.CharField(blank=True, db_index=True, max_length=64)),
+                ("referring_physician_name", models.CharField(blank=True, max_length=192)),
+                (
+                    "priority",
+                    models.CharField(
+                        choices=[("routine", "Routine"), ("urgent", "Urgent"), ("stat", "STAT")],
+                        default="routine",
+                        max_length=8,
+                    ),
+                ),
+                ("reason", models.TextField(blank=True, verbose_name="clinical indication")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("scheduled", "Scheduled"),
+                            ("arrived", "Arrived"),
+                            ("in_progress", "In progress"),
+                            ("completed", "Completed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="scheduled",
+                        max_length=16,
+                    ),
+                ),
+                ("ordered_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "referring_physician",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="referred_orders",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "patient",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="orders",
+                        to="ris.patient",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-ordered_at', '-id'],
+                "ordering": ["-ordered_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='PatientIdentifier',
+            name="PatientIdentifier",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('value', models.CharField(max_length=64)),
-                ('type', models.CharField(choices=[('MR', 'Medical record number'), ('NI', 'National identifier'), ('PI', 'Patient internal identifier'), ('PPN', 'Passport number'), ('SS', 'Social security / insurance number')], default='MR', max_length=4)),
-                ('is_alias', models.BooleanField(default=False)),
-                ('issuer', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='ris.assigningauthority')),
-                ('patient', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='identifiers', to='ris.patient')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("value", models.CharField(max_length=64)),
+                (
+                    "type",
+                    models.CharField(
+                        choices=[
+                            ("MR", "Medical record number"),
+                            ("NI", "National identifier"),
+                            ("PI", "Patient internal identifier"),
+                            ("PPN", "Passport number"),
+                            ("SS", "Social security / insurance number"),
+                        ],
+                        default="MR",
+                        max_length=4,
+                    ),
+                ),
+                ("is_alias", models.BooleanField(default=False)),
+                (
+                    "issuer",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="ris.assigningauthority",
+                    ),
+                ),
+                (
+                    "patient",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="identifiers",
+                        to="ris.patient",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['is_alias', 'issuer__namespace_id', 'value'],
+                "ordering": ["is_alias", "issuer__namespace_id", "value"],
             },
         ),
         migrations.CreateModel(
-            name='RequestedProcedure',
+            name="RequestedProcedure",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('requested_procedure_id', models.CharField(max_length=16)),
-                ('description', models.CharField(blank=True, max_length=64)),
-                ('study_instance_uid', models.CharField(max_length=64, unique=True)),
-                ('status', models.CharField(choices=[('scheduled', 'Scheduled'), ('in_progress', 'In progress'), ('completed', 'Completed'), ('images_received', 'Images received'), ('cancelled', 'Cancelled')], default='scheduled', max_length=16)),
-                ('order', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='requested_procedures', to='ris.order')),
-                ('procedure_type', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='ris.proceduretype')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("requested_procedure_id", models.CharField(max_length=16)),
+                ("description", models.CharField(blank=True, max_length=64)),
+                ("study_instance_uid", models.CharField(max_length=64, unique=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("scheduled", "Scheduled"),
+                            ("in_progress", "In progress"),
+                            ("completed", "Completed"),
+                            ("images_received", "Images received"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="scheduled",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "order",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="requested_procedures",
+                        to="ris.order",
+                    ),
+                ),
+                (
+                    "procedure_type",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="ris.proceduretype",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['order_id', 'requested_procedure_id'],
+                "ordering": ["order_id", "requested_procedure_id"],
             },
         ),
         migrations.CreateModel(
-            name='ScheduledProcedureStep',
+            name="ScheduledProcedureStep",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('sps_id', models.CharField(max_length=16, unique=True, verbose_name='scheduled procedure step ID')),
-                ('modality', models.CharField(max_length=16)),
-                ('station_ae_title', models.CharField(blank=True, max_length=16)),
-                ('station_name', models.CharField(blank=True, max_length=16)),
-                ('scheduled_start', models.DateTimeField()),
-                ('scheduled_end', models.DateTimeField()),
-                ('performing_physician_name', models.CharField(blank=True, max_length=192)),
-                ('description', models.CharField(blank=True, max_length=64)),
-                ('status', models.CharField(choices=[('scheduled', 'Scheduled'), ('arrived', 'Arrived'), ('in_progress', 'In progress'), ('completed', 'Completed'), ('discontinued', 'Discontinued'), ('cancelled', 'Cancelled'), ('no_show', 'No show')], default='scheduled', max_length=16)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('requested_procedure', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='steps', to='ris.requestedprocedure')),
-                ('room', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='steps', to='ris.room')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "sps_id",
+                    models.CharField(
+                        max_length=16, unique=True, verbose_name="scheduled procedure step ID"
+                    ),
+                ),
+                ("modality", models.CharField(max_length=16)),
+                ("station_ae_title", models.CharField(blank=True, max_length=16)),
+                ("station_name", models.CharField(blank=True, max_length=16)),
+                ("scheduled_start", models.DateTimeField()),
+                ("scheduled_end", models.DateTimeField()),
+                ("performing_physician_name", models.CharField(blank=True, max_length=192)),
+                ("description", models.CharField(blank=True, max_length=64)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("scheduled", "Scheduled"),
+                            ("arrived", "Arrived"),
+                            ("in_progress", "In progress"),
+                            ("completed", "Completed"),
+                            ("discontinued", "Discontinued"),
+                            ("cancelled", "Cancelled"),
+                            ("no_show", "No show"),
+                        ],
+                        default="scheduled",
+                        max_length=16,
+                    ),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "requested_procedure",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="steps",
+                        to="ris.requestedprocedure",
+                    ),
+                ),
+                (
+                    "room",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="steps",
+                        to="ris.room",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['scheduled_start', 'id'],
+                "ordering": ["scheduled_start", "id"],
             },
         ),
         migrations.AddIndex(
-            model_name='patient',
-            index=models.Index(django.db.models.functions.text.Upper('family_name'), django.db.models.functions.text.Upper('given_name'), name='patient_name_upper'),
+            model_name="patient",
+            index=models.Index(
+                django.db.models.functions.text.Upper("family_name"),
+                django.db.models.functions.text.Upper("given_name"),
+                name="patient_name_upper",
+            ),
         ),
         migrations.AddIndex(
-            model_name='patient',
-            index=models.Index(fields=['birth_date'], name='ris_patient_birth_d_f4479c_idx'),
+            model_name="patient",
+            index=models.Index(fields=["birth_date"], name="ris_patient_birth_d_f4479c_idx"),
         ),
         migrations.AddIndex(
-            model_name='order',
-            index=models.Index(fields=['status', 'priority'], name='ris_order_status_2628f8_idx'),
+            model_name="order",
+            index=models.Index(fields=["status", "priority"], name="ris_order_status_2628f8_idx"),
         ),
         migrations.AddIndex(
-            model_name='patientidentifier',
-            index=models.Index(fields=['value'], name='ris_patient_value_3092c5_idx'),
+            model_name="patientidentifier",
+            index=models.Index(fields=["value"], name="ris_patient_value_3092c5_idx"),
         ),
         migrations.AddConstraint(
-            model_name='patientidentifier',
-            constraint=models.UniqueConstraint(fields=('issuer', 'value'), name='identifier_unique_per_issuer'),
+            model_name="patientidentifier",
+            constraint=models.UniqueConstraint(
+                fields=("issuer", "value"), name="identifier_unique_per_issuer"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='requestedprocedure',
-            constraint=models.UniqueConstraint(fields=('order', 'requested_procedure_id'), name='requested_procedure_id_per_order'),
+            model_name="requestedprocedure",
+            constraint=models.UniqueConstraint(
+                fields=("order", "requested_procedure_id"), name="requested_procedure_id_per_order"
+            ),
         ),
         migrations.AddIndex(
-            model_name='scheduledprocedurestep',
-            index=models.Index(fields=['status', 'scheduled_start'], name='ris_schedul_status_b24133_idx'),
+            model_name="scheduledprocedurestep",
+            index=models.Index(
+                fields=["status", "scheduled_start"], name="ris_schedul_status_b24133_idx"
+            ),
         ),
         migrations.AddIndex(
-            model_name='scheduledprocedurestep',
-            index=models.Index(fields=['station_ae_title', 'scheduled_start'], name='ris_schedul_station_8d184b_idx'),
+            model_name="scheduledprocedurestep",
+            index=models.Index(
+                fields=["station_ae_title", "scheduled_start"],
+                name="ris_schedul_station_8d184b_idx",
+            ),
         ),
         migrations.AddIndex(
-            model_name='scheduledprocedurestep',
-            index=models.Index(fields=['modality', 'scheduled_start'], name='ris_schedul_modalit_d4064f_idx'),
+            model_name="scheduledprocedurestep",
+            index=models.Index(
+                fields=["modality", "scheduled_start"], name="ris_schedul_modalit_d4064f_idx"
+            ),
         ),
         migrations.AddIndex(
-            model_name='scheduledprocedurestep',
-            index=models.Index(fields=['room', 'scheduled_start'], name='ris_schedul_room_id_5a6ca8_idx'),
+            model_name="scheduledprocedurestep",
+            index=models.Index(
+                fields=["room", "scheduled_start"], name="ris_schedul_room_id_5a6ca8_idx"
+            ),
         ),
     ]

@@ -1,0 +1,177 @@
+"""The one DICOM application entity of the archive, and how it starts and stops.
+
+The services it offers (echo, store, find, ...) are plugged in through
+settings.DICOM_SERVICES: dotted paths of functions that take the AE, add their
+presentation contexts to it and return their event handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, Protocol
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+from pynetdicom import evt
+from pynetdicom.ae import ApplicationEntity
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+logger = logging.getLogger(__name__)
+
+EventHandler = tuple[Any, ...]
+DicomService = Callable[[ApplicationEntity], list[EventHandler]]
+
+# Seconds to wait for A-ASSOCIATE/A-RELEASE replies, for the next DIMSE message of an
+# operation, and for any PDU at all before an idle association is aborted.
+ACSE_TIMEOUT = 30.0
+DIMSE_TIMEOUT = 60.0
+NETWORK_TIMEOUT = 120.0
+# Seconds to wait for the TCP connection when this AE is the requestor (C-MOVE, commitment).
+CONNECTION_TIMEOUT = 15.0
+
+# The signals that stop a blocking server cleanly: honcho and systemd send SIGTERM.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class ArchiveAE(ApplicationEntity):
+    """An AE that carries the event handlers of its services until it starts listening."""
+
+    def __init__(self, ae_title: str) -> None:
+        super().__init__(ae_title=ae_title)
+        self.evt_handlers: list[EventHandler] = []
+
+
+def validate_ae_title(value: str) -> str:
+    """Return VALUE if it is a valid AE title (PS3.5 6.2), else raise ValueError."""
+    value = value.strip()
+    if (
+        not value
+        or len(value) > 16
+        or "\\" in value
+        or not value.isascii()
+        or not value.isprintable()
+    ):
+        raise ValueError(
+            f"an AE title is 1-16 printable ASCII characters without a backslash, got {value!r}"
+        )
+    return value
+
+
+def _peer(event: Event) -> str:
+    requestor = event.assoc.requestor
+    return f"{requestor.ae_title}@{requestor.address}:{requestor.port}"
+
+
+def _log_accepted(event: Event) -> None:
+    logger.info("association accepted from %s", _peer(event))
+
+
+def _log_released(event: Event) -> None:
+    logger.info("association released by %s", _peer(event))
+
+
+def _log_aborted(event: Event) -> None:
+    logger.warning("association with %s aborted", _peer(event))
+
+
+def load_services(paths: list[str]) -> list[DicomService]:
+    """Import the service functions named by dotted PATHS."""
+    services: list[DicomService] = []
+    for path in paths:
+        try:
+            services.append(import_string(path))
+        except ImportError as exc:
+            raise ImproperlyConfigured(f"DICOM_SERVICES: cannot import {path!r}: {exc}") from exc
+    return services
+
+
+def build_ae(ae_title: str | None = None) -> ArchiveAE:
+    """Build the AE with every service in settings.DICOM_SERVICES."""
+    ae = ArchiveAE(validate_ae_title(ae_title or settings.DICOM_AE_TITLE))
+    ae.acse_timeout = ACSE_TIMEOUT
+    ae.dimse_timeout = DIMSE_TIMEOUT
+    ae.network_timeout = NETWORK_TIMEOUT
+    ae.connection_timeout = CONNECTION_TIMEOUT
+    # PS3.7 D.3.3.2.1: the largest P-DATA-TF PDU we accept; 0 means no limit.
+    ae.maximum_pdu_size = settings.DICOM_MAX_PDU
+    ae.evt_handlers = [
+        (evt.EVT_ACCEPTED, _log_accepted),
+        (evt.EVT_RELEASED, _log_released),
+        (evt.EVT_ABORTED, _log_aborted),
+    ]
+    for service in load_services(list(settings.DICOM_SERVICES)):
+        ae.evt_handlers.extend(service(ae))
+    if not ae.supported_contexts:
+        raise ImproperlyConfigured("DICOM_SERVICES added no presentation contexts")
+    return ae
+
+
+def format_address(host: str, port: int) -> str:
+    """Return HOST:PORT, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Writer(Protocol):
+    def write(self, text: str, /) -> Any: ...
+    def flush(self) -> Any: ...
+
+
+@contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """Within the block, SIGTERM and SIGINT set the yielded event instead of killing."""
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _listen(
+    ae: ArchiveAE, address: str, port: int, stdout: Writer | None
+) -> ThreadedAssociationServer:
+    server = ae.start_server((address, port), block=False, evt_handlers=ae.evt_handlers)
+    assert server is not None  # start_server(block=False) always returns the server
+    host, bound_port = server.server_address[:2]
+    line = f"DICOM listening on {format_address(str(host), int(bound_port))} as {ae.ae_title}"
+    logger.info("%s", line)
+    out = stdout or sys.stdout
+    out.write(line + "\n")
+    out.flush()
+    return server
+
+
+def start(
+    ae: ArchiveAE,
+    address: str,
+    port: int,
+    *,
+    block: bool = True,
+    stdout: Writer | None = None,
+) -> ThreadedAssociationServer:
+    """Listen on ADDRESS:PORT (0: any free port); with BLOCK, serve until SIGTERM or SIGINT."""
+    if not block:
+        return _listen(ae, address, port, stdout)
+    # The handlers go in before the port opens: a peer that sees the port may stop us.
+    with stop_signals() as stop:
+        server = _listen(ae, address, port, stdout)
+        try:
+            stop.wait()
+        finally:
+            # Aborts the associations still open and closes the listening socket.
+            ae.shutdown()
+    return server

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from core.services import sync_roles
+from tests.personas import PASSWORD, Personas, make_personas
+
+
+@pytest.fixture(autouse=True)
+def _test_settings(tmp_path: Path, settings: Any) -> None:
+    """Every test writes archive files into its own folder; passwords hash fast."""
+    settings.STORAGE_DIR = tmp_path / "storage"
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def personas(db: None) -> Personas:
+    sync_roles()
+    return make_personas()
+
+
+@pytest.fixture
+def login(client: Client):  # type: ignore[no-untyped-def]
+    """Return a function that logs the test client in as a user and returns the client."""
+
+    def _login(user: Any) -> Client:
+        assert client.login(username=user.username, password=PASSWORD)
+        return client
+
+    return _login

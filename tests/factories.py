@@ -1,0 +1,67 @@
+"""Test data built through the services, the way the front desk and the HIS make it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from typing import Any
+
+from django.utils import timezone
+
+from ris import services
+from ris.models import Order, Patient, ProcedureType, Room
+
+_counter = itertools.count(1)
+
+
+def procedure(code: str = "CTHEAD", modality: str = "CT", **fields: Any) -> ProcedureType:
+    defaults = {
+        "name": f"{modality} {code}",
+        "modality": modality,
+        "body_part": "HEAD",
+        "cpt_code": "70450",
+        "default_duration_minutes": 20,
+        "price": "250.00",
+    }
+    defaults.update(fields)
+    return ProcedureType.objects.get_or_create(code=code, defaults=defaults)[0]
+
+
+def room(name: str = "CT 1", modality: str = "CT", ae_title: str = "CT1") -> Room:
+    return Room.objects.get_or_create(
+        name=name,
+        defaults={"modality": modality, "station_ae_title": ae_title, "station_name": name[:16]},
+    )[0]
+
+
+def patient(family: str = "Testperson", given: str = "Alex", **fields: Any) -> Patient:
+    number = next(_counter)
+    data = services.PatientInput(
+        family_name=family,
+        given_name=given,
+        birth_date=fields.pop("birth_date", dt.date(1970, 1, number % 28 + 1)),
+        sex=fields.pop("sex", "U"),
+        identifiers=fields.pop(
+            "identifiers", [services.IdentifierInput(value=f"MRN{number:06d}", issuer="DEMO")]
+        ),
+        **fields,
+    )
+    return services.register_patient(data)
+
+
+def order(
+    for_patient: Patient | None = None,
+    *,
+    start: dt.datetime | None = None,
+    procedure_type: ProcedureType | None = None,
+    in_room: Room | None = None,
+    **fields: Any,
+) -> Order:
+    booking = services.BookingInput(
+        patient=for_patient or patient(),
+        procedure_type=procedure_type or procedure(),
+        scheduled_start=start or timezone.now().replace(minute=0, second=0, microsecond=0),
+        room=in_room,
+        **fields,
+    )
+    return services.book_exam(booking)

@@ -1,0 +1,108 @@
+"""The audit trail: who did what to which patient, when, from where, with what outcome."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from django.urls import reverse
+
+from core import audit
+from core.models import AuditEvent
+from tests import factories
+from tests.personas import PASSWORD
+
+pytestmark = pytest.mark.django_db
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_login_logout_and_failed_login_are_recorded(personas, client) -> None:
+    client.post(
+        reverse("login"), {"username": "frontdesk", "password": "wrong"}, REMOTE_ADDR="10.9.8.7"
+    )
+    client.post(reverse("login"), {"username": "frontdesk", "password": PASSWORD})
+    client.post(reverse("logout"))
+    events = list(AuditEvent.objects.order_by("id").values_list("action", "outcome", "actor_name"))
+    assert events == [
+        ("login_failed", "failure", "frontdesk"),
+        ("login", "success", "frontdesk"),
+        ("logout", "success", "frontdesk"),
+    ]
+    assert AuditEvent.objects.get(action="login_failed").source_address == "10.9.8.7"
+
+
+def test_viewing_a_patient_records_who_what_and_from_where(personas, login) -> None:
+    patient = factories.patient(family="Viewed")
+    login(personas.front_desk).get(
+        reverse("ris:patient-detail", args=[patient.pk]), REMOTE_ADDR="10.1.2.3"
+    )
+    event = AuditEvent.objects.get(action="view")
+    assert event.actor == personas.front_desk
+    assert event.object_type == "ris.patient"
+    assert event.patient_key == str(patient.pk)
+    assert event.source_address == "10.1.2.3"
+    assert event.channel == "web"
+    assert event.outcome == "success"
+
+
+def test_changes_through_services_are_recorded_with_the_patient(personas) -> None:
+    order = factories.order()
+    event = AuditEvent.objects.get(action="create", object_type="ris.order")
+    assert event.patient_key == str(order.patient.pk)
+    assert event.object_repr == str(order)
+    assert AuditEvent.objects.filter(action="create", object_type="ris.patient").count() == 1
+
+
+def test_listing_is_recorded_as_a_query_with_its_count(personas, login) -> None:
+    factories.patient()
+    factories.patient()
+    login(personas.front_desk).get(reverse("ris:patient-list"), {"q": ""})
+    event = AuditEvent.objects.get(action="query", object_type="ris.patient")
+    assert event.detail.startswith("2 result(s)")
+
+
+def test_audit_events_cannot_be_changed_or_deleted(personas) -> None:
+    event = audit.record(audit.Action.VIEW, actor=personas.admin)
+    event.detail = "tampered"
+    with pytest.raises(ValueError, match="never changed"):
+        event.save()
+    with pytest.raises(ValueError, match="never deleted"):
+        event.delete()
+
+
+def test_admin_pages_do_not_allow_editing_audit_events(personas, client) -> None:
+    personas.admin.is_superuser = True
+    personas.admin.save()
+    client.force_login(personas.admin)
+    event = audit.record(audit.Action.VIEW, actor=personas.admin)
+    assert client.get(reverse("admin:core_auditevent_changelist")).status_code == 200
+    assert client.get(reverse("admin:core_auditevent_add")).status_code == 403
+    response = client.post(
+        reverse("admin:core_auditevent_delete", args=[event.pk]), {"post": "yes"}
+    )
+    assert response.status_code == 403
+    assert AuditEvent.objects.filter(pk=event.pk).exists()
+
+
+def _writes_audit_rows(path: Path) -> bool:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in {"create", "bulk_create", "update"}:
+            source = ast.unparse(node.value)
+            if "AuditEvent" in source:
+                return True
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "AuditEvent":
+            return True
+    return False
+
+
+def test_only_core_audit_writes_audit_rows() -> None:
+    apps = ["config", "core", "ris", "pacs", "reporting", "worklist"]
+    writers = {
+        str(path.relative_to(ROOT))
+        for app in apps
+        for path in (ROOT / app).rglob("*.py")
+        if "migrations" not in path.parts and _writes_audit_rows(path)
+    }
+    assert writers == {"core/audit.py"}

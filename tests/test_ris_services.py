@@ -1,0 +1,116 @@
+"""The RIS services: registration, booking, check-in, cancellation."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+from pydicom.uid import UID
+
+from ris import services
+from ris.models import Order, Patient, PatientIdentifier, ScheduledProcedureStep
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+
+def test_booking_creates_order_procedure_and_step_for_the_worklist() -> None:
+    room = factories.room()
+    start = timezone.now().replace(microsecond=0)
+    order = factories.order(
+        start=start, in_room=room, procedure_type=factories.procedure(default_duration_minutes=30)
+    )
+    assert len(order.accession_number) <= 16
+    requested = order.requested_procedures.get()
+    assert UID(requested.study_instance_uid).is_valid
+    step = requested.steps.get()
+    assert step.station_ae_title == "CT1"
+    assert step.scheduled_end - step.scheduled_start == dt.timedelta(minutes=30)
+    assert step.status == ScheduledProcedureStep.Status.SCHEDULED
+
+
+def test_accession_numbers_and_uids_never_repeat() -> None:
+    orders = [factories.order() for _ in range(5)]
+    assert len({order.accession_number for order in orders}) == 5
+    uids = {order.requested_procedures.get().study_instance_uid for order in orders}
+    assert len(uids) == 5
+
+
+def test_given_accession_number_is_kept_and_a_duplicate_refused() -> None:
+    factories.order(accession_number="EXT123")
+    with pytest.raises(ValidationError, match="already used"):
+        factories.order(accession_number="EXT123")
+    assert Order.objects.filter(accession_number="EXT123").count() == 1
+
+
+def test_room_of_another_modality_is_refused_and_nothing_is_written() -> None:
+    patient = factories.patient()
+    mr_room = factories.room("MR 1", "MR", "MR1")
+    before = Order.objects.count()
+    with pytest.raises(ValidationError, match="is a MR room"):
+        factories.order(for_patient=patient, in_room=mr_room)
+    assert Order.objects.count() == before
+
+
+def test_naive_start_time_is_refused() -> None:
+    with pytest.raises(ValidationError, match="time zone"):
+        factories.order(start=dt.datetime(2026, 1, 1, 9, 0))  # noqa: DTZ001
+
+
+def test_one_identifier_belongs_to_one_patient() -> None:
+    factories.patient(identifiers=[services.IdentifierInput("DUP1", "HOSP_A")])
+    with pytest.raises(ValidationError, match="already belongs"):
+        factories.patient(family="Second", identifiers=[services.IdentifierInput("DUP1", "HOSP_A")])
+    assert Patient.objects.filter(family_name="Second").count() == 0
+    # The same value under another issuer is another identifier.
+    factories.patient(family="Third", identifiers=[services.IdentifierInput("DUP1", "HOSP_B")])
+    assert PatientIdentifier.objects.filter(value="DUP1").count() == 2
+
+
+def test_one_patient_known_to_several_issuers() -> None:
+    patient = factories.patient(
+        identifiers=[
+            services.IdentifierInput("111", "HOSP_A"),
+            services.IdentifierInput("222", "HOSP_B"),
+            services.IdentifierInput("7501010001", "NATIONAL", PatientIdentifier.Type.NATIONAL),
+        ]
+    )
+    assert sorted(patient.identifiers.values_list("issuer__namespace_id", flat=True)) == [
+        "HOSP_A",
+        "HOSP_B",
+        "NATIONAL",
+    ]
+
+
+def test_cancel_takes_steps_off_and_needs_a_reason() -> None:
+    order = factories.order()
+    with pytest.raises(ValidationError, match="needs a reason"):
+        services.cancel_order(order, "  ")
+    services.cancel_order(order, "duplicate order")
+    order.refresh_from_db()
+    assert order.status == Order.Status.CANCELLED
+    assert (
+        order.requested_procedures.get().steps.get().status
+        == ScheduledProcedureStep.Status.CANCELLED
+    )
+    with pytest.raises(ValidationError, match="cannot be cancelled"):
+        services.cancel_order(order, "again")
+
+
+def test_dicom_name_of_a_patient() -> None:
+    patient = factories.patient(family="Testperson", given="Alex")
+    assert patient.dicom_name == "Testperson^Alex"
+    assert str(patient) == "TESTPERSON, Alex"
+
+
+def test_a_portal_account_is_linked_to_one_patient_only(personas) -> None:
+    first, second = factories.patient(), factories.patient()
+    services.grant_patient_access(first, personas.patient)
+    with pytest.raises(ValidationError, match="already linked"):
+        services.grant_patient_access(second, personas.patient)
+    services.grant_patient_access(
+        first, personas.other_physician
+    )  # the record moves to another account
+    assert not personas.patient.has_perm("ris.view_patient", first)
