@@ -7,6 +7,8 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+from core.dicom_values import is_valid_ae_title
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -67,13 +69,7 @@ def env_list(name: str, default: list[str]) -> list[str]:
 def env_ae_title(name: str, default: str) -> str:
     """Read an AE title: 1-16 default-repertoire characters, no backslash (PS3.5 6.2)."""
     value = (env_str(name, default) or "").strip()
-    if (
-        not value
-        or len(value) > 16
-        or "\\" in value
-        or not value.isascii()
-        or not value.isprintable()
-    ):
+    if not is_valid_ae_title(value):
         raise ImproperlyConfigured(
             f"{name} must be 1-16 printable ASCII characters without a backslash, got {value!r}"
         )

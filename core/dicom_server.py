@@ -8,13 +8,9 @@ presentation contexts to it and return their event handlers.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from types import FrameType
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -23,6 +19,9 @@ from pynetdicom import evt
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
+
+from core.dicom_values import is_valid_ae_title
+from core.listeners import Writer, format_address, stop_signals
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +36,6 @@ NETWORK_TIMEOUT = 120.0
 # Seconds to wait for the TCP connection when this AE is the requestor (C-MOVE, commitment).
 CONNECTION_TIMEOUT = 15.0
 
-# The signals that stop a blocking server cleanly: honcho and systemd send SIGTERM.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
 
 class ArchiveAE(ApplicationEntity):
     """An AE that carries the event handlers of its services until it starts listening."""
@@ -50,19 +46,12 @@ class ArchiveAE(ApplicationEntity):
 
 
 def validate_ae_title(value: str) -> str:
-    """Return VALUE if it is a valid AE title (PS3.5 6.2), else raise ValueError."""
-    value = value.strip()
-    if (
-        not value
-        or len(value) > 16
-        or "\\" in value
-        or not value.isascii()
-        or not value.isprintable()
-    ):
+    """Return VALUE stripped if it is a valid AE title (PS3.5 6.2), else raise ValueError."""
+    if not is_valid_ae_title(value):
         raise ValueError(
             f"an AE title is 1-16 printable ASCII characters without a backslash, got {value!r}"
         )
-    return value
+    return value.strip()
 
 
 def _peer(event: Event) -> str:
@@ -100,7 +89,7 @@ def build_ae(ae_title: str | None = None) -> ArchiveAE:
     ae.dimse_timeout = DIMSE_TIMEOUT
     ae.network_timeout = NETWORK_TIMEOUT
     ae.connection_timeout = CONNECTION_TIMEOUT
-    # PS3.7 D.3.3.2.1: the largest P-DATA-TF PDU we accept; 0 means no limit.
+    # PS3.8 D.1: the largest P-DATA-TF PDU we accept, sent in A-ASSOCIATE-AC; 0: no limit.
     ae.maximum_pdu_size = settings.DICOM_MAX_PDU
     ae.evt_handlers = [
         (evt.EVT_ACCEPTED, _log_accepted),
@@ -112,33 +101,6 @@ def build_ae(ae_title: str | None = None) -> ArchiveAE:
     if not ae.supported_contexts:
         raise ImproperlyConfigured("DICOM_SERVICES added no presentation contexts")
     return ae
-
-
-def format_address(host: str, port: int) -> str:
-    """Return HOST:PORT, with an IPv6 host in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class Writer(Protocol):
-    def write(self, text: str, /) -> Any: ...
-    def flush(self) -> Any: ...
-
-
-@contextmanager
-def stop_signals() -> Iterator[threading.Event]:
-    """Within the block, SIGTERM and SIGINT set the yielded event instead of killing."""
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        logger.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}
-    try:
-        yield stop
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _listen(

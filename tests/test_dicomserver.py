@@ -79,7 +79,7 @@ def test_pynetdicom_echo_succeeds(dicom_server: tuple[ArchiveAE, int], settings:
     assert assoc.is_established
     try:
         status = assoc.send_c_echo()
-        # PS3.8 9.3.2.3: the acceptor announces the largest PDU it will take.
+        # PS3.8 D.1: the acceptor announces the largest PDU it will take.
         assert assoc.acceptor.maximum_length == settings.DICOM_MAX_PDU
         assert assoc.acceptor.ae_title == SCP_AE_TITLE
     finally:

@@ -16,7 +16,7 @@ from functools import partial
 
 from django.conf import settings
 
-from core.dicom_server import Writer, format_address, stop_signals
+from core.listeners import Writer, format_address, stop_signals
 from ris.hl7 import ack
 from ris.hl7.mllp import MAX_FRAME_SIZE, FrameDecoder, FrameTooLarge, encode_frame
 
