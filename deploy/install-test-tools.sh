@@ -4,7 +4,7 @@
 set -euo pipefail
 
 missing=()
-command -v echoscu >/dev/null 2>&1 || missing+=(dcmtk)
+command -v dcmdump >/dev/null 2>&1 || missing+=(dcmtk)  # dcmdump: pynetdicom has no such script
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 ((${#missing[@]})) || exit 0
 

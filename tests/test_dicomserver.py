@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import struct
 import subprocess
@@ -18,6 +17,7 @@ from pynetdicom.sop_class import Verification
 
 from core.dicom_server import NETWORK_TIMEOUT, ArchiveAE, build_ae, start
 from pacs.dimse import STATUS_SUCCESS
+from tests import dcmtk
 from tests.netutil import (
     DEADLINE,
     LISTENING,
@@ -89,9 +89,7 @@ def test_pynetdicom_echo_succeeds(dicom_server: tuple[ArchiveAE, int], settings:
 
 @pytest.mark.dcmtk
 def test_dcmtk_echoscu_succeeds(dicom_server: tuple[ArchiveAE, int]) -> None:
-    echoscu = shutil.which("echoscu")
-    if echoscu is None:
-        pytest.skip("DCMTK's echoscu is not on PATH (Debian package dcmtk)")
+    echoscu = dcmtk.tool("echoscu")
     _, port = dicom_server
     result = subprocess.run(
         [echoscu, "-aet", "DCMTKSCU", "-aec", SCP_AE_TITLE, "-to", "10", "127.0.0.1", str(port)],
