@@ -16,10 +16,12 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
+from guardian.models import UserObjectPermission
 from guardian.shortcuts import assign_perm, remove_perm
 from pydicom.uid import generate_uid
 
 from core import audit
+from ris import signals
 from ris.models import (
     AssigningAuthority,
     NumberSequence,
@@ -137,6 +139,120 @@ def grant_patient_access(patient: Patient, user: User) -> None:
     patient.user = user
     patient.save(update_fields=["user", "updated_at"])
     assign_perm("ris.view_patient", user, patient)
+
+
+# Demographic fields a person or an ADT message may change on a patient.
+EDITABLE_PATIENT_FIELDS = (
+    "family_name",
+    "given_name",
+    "middle_name",
+    "name_prefix",
+    "name_suffix",
+    "birth_date",
+    "sex",
+    "phone",
+    "email",
+    "address",
+)
+
+
+def resolve_patient(patient: Patient) -> Patient:
+    """Follow merges to the surviving record."""
+    seen = {patient.pk}
+    while patient.merged_into_id is not None:
+        patient = Patient.objects.get(pk=patient.merged_into_id)
+        if patient.pk in seen:  # a cycle would be a bug; stop rather than loop
+            raise ValidationError(f"patient {patient.pk} is in a merge cycle")
+        seen.add(patient.pk)
+    return patient
+
+
+def find_patient_by_identifier(value: str, issuer: str) -> Patient | None:
+    """Return the (surviving) patient holding VALUE from ISSUER, aliases included."""
+    identifier = (
+        PatientIdentifier.objects.filter(value=value.strip(), issuer__namespace_id=issuer.strip())
+        .select_related("patient")
+        .first()
+    )
+    return resolve_patient(identifier.patient) if identifier else None
+
+
+@transaction.atomic
+def update_patient(
+    patient: Patient,
+    changes: dict[str, Any],
+    *,
+    actor: User | None = None,
+    channel: str | None = audit.Channel.WEB,
+    source_address: str = "",
+) -> list[str]:
+    """Change PATIENT's demographics; return the names of the fields that really changed."""
+    unknown = sorted(set(changes) - set(EDITABLE_PATIENT_FIELDS))
+    if unknown:
+        raise ValidationError(dict.fromkeys(unknown, "This field cannot be changed here."))
+    patient = Patient.objects.select_for_update().get(pk=patient.pk)
+    if patient.merged_into_id is not None:
+        raise ValidationError(f"Patient {patient.pk} was merged into {patient.merged_into_id}.")
+    changed = [name for name, value in changes.items() if getattr(patient, name) != value]
+    if not changed:
+        return []
+    for name in changed:
+        setattr(patient, name, changes[name])
+    patient.full_clean(exclude=["user", "merged_into"])
+    patient.save()
+    audit.record(
+        audit.Action.UPDATE,
+        patient,
+        detail=f"changed: {', '.join(changed)}",
+        **_audit_kwargs(actor, channel, source_address),
+    )
+    signals.patient_updated.send(Patient, patient=patient, changed=changed, actor=actor)
+    return changed
+
+
+@transaction.atomic
+def merge_patients(
+    survivor: Patient,
+    merged: Patient,
+    *,
+    actor: User | None = None,
+    channel: str | None = audit.Channel.WEB,
+    source_address: str = "",
+) -> Patient:
+    """Merge MERGED into SURVIVOR: orders, identifiers (kept as aliases) and grants move over."""
+    survivor = resolve_patient(survivor)
+    locked = {
+        p.pk: p for p in Patient.objects.select_for_update().filter(pk__in=[survivor.pk, merged.pk])
+    }
+    survivor, merged = locked[survivor.pk], locked[merged.pk]
+    if survivor.pk == merged.pk:
+        raise ValidationError("A patient cannot be merged into itself.")
+    if merged.merged_into_id is not None:
+        raise ValidationError(
+            f"Patient {merged.pk} was already merged into {merged.merged_into_id}."
+        )
+    Order.objects.filter(patient=merged).update(patient=survivor)
+    PatientIdentifier.objects.filter(patient=merged).update(patient=survivor, is_alias=True)
+    for grant in UserObjectPermission.objects.filter(
+        content_type__app_label="ris", content_type__model="patient", object_pk=str(merged.pk)
+    ).select_related("user", "permission"):
+        assign_perm(grant.permission.codename, grant.user, survivor)
+    if merged.user_id is not None and survivor.user_id is None:
+        portal_user = merged.user
+        merged.user = None
+        merged.merged_into = survivor
+        merged.save(update_fields=["user", "merged_into", "updated_at"])
+        survivor.user = portal_user
+        survivor.save(update_fields=["user", "updated_at"])
+    else:
+        merged.merged_into = survivor
+        merged.save(update_fields=["merged_into", "updated_at"])
+    detail = f"merged patient {merged.pk} ({merged}) into {survivor.pk}"
+    kwargs = _audit_kwargs(actor, channel, source_address)
+    audit.record(audit.Action.UPDATE, survivor, detail=detail, **kwargs)
+    audit.record(audit.Action.UPDATE, merged, detail=detail, **kwargs)
+    signals.patients_merged.send(Patient, survivor=survivor, merged=merged, actor=actor)
+    return survivor
 
 
 @dataclass

@@ -114,3 +114,72 @@ def test_a_portal_account_is_linked_to_one_patient_only(personas) -> None:
         first, personas.other_physician
     )  # the record moves to another account
     assert not personas.patient.has_perm("ris.view_patient", first)
+
+
+def test_update_patient_changes_only_what_differs_and_audits_it(personas) -> None:
+    from core.models import AuditEvent
+    from ris import signals
+
+    patient = factories.patient(family="Before")
+    heard: list[list[str]] = []
+
+    def receiver(sender, **kwargs):  # type: ignore[no-untyped-def]
+        heard.append(kwargs["changed"])
+
+    signals.patient_updated.connect(receiver)
+    try:
+        changed = services.update_patient(
+            patient, {"family_name": "After", "sex": patient.sex}, actor=personas.front_desk
+        )
+    finally:
+        signals.patient_updated.disconnect(receiver)
+    assert changed == ["family_name"]
+    assert heard == [["family_name"]]
+    patient.refresh_from_db()
+    assert patient.family_name == "After"
+    event = AuditEvent.objects.filter(action="update", object_type="ris.patient").get()
+    assert event.detail == "changed: family_name" and event.actor_name == "frontdesk"
+    assert services.update_patient(patient, {"family_name": "After"}) == []
+    with pytest.raises(ValidationError):
+        services.update_patient(patient, {"merged_into": None})
+    with pytest.raises(ValidationError):
+        services.update_patient(patient, {"sex": "X"})
+
+
+def test_merge_moves_orders_identifiers_and_grants(personas) -> None:
+    survivor = factories.patient(
+        family="Survivor", identifiers=[services.IdentifierInput("S1", "HOSP_A")]
+    )
+    merged = factories.patient(
+        family="Merged", identifiers=[services.IdentifierInput("M1", "HOSP_B")]
+    )
+    order = factories.order(for_patient=merged, referring_physician=personas.referring_physician)
+    services.merge_patients(survivor, merged, actor=personas.front_desk)
+    order.refresh_from_db()
+    merged.refresh_from_db()
+    assert order.patient == survivor
+    assert merged.merged_into == survivor
+    alias = PatientIdentifier.objects.get(value="M1")
+    assert alias.patient == survivor and alias.is_alias
+    assert services.find_patient_by_identifier("M1", "HOSP_B") == survivor
+    assert personas.referring_physician.has_perm("ris.view_patient", survivor)
+    with pytest.raises(ValidationError, match="already merged"):
+        services.merge_patients(survivor, merged)
+    with pytest.raises(ValidationError, match="into itself"):
+        services.merge_patients(survivor, survivor)
+    # A merged record is no longer listed, and cannot be edited.
+    from ris.selectors import patients_visible_to
+
+    assert list(patients_visible_to(personas.front_desk, "")) == [survivor]
+    with pytest.raises(ValidationError, match="was merged"):
+        services.update_patient(merged, {"family_name": "Late"})
+
+
+def test_merge_moves_the_studies_of_the_merged_patient() -> None:
+    from pacs.models import Study
+
+    survivor, merged = factories.patient(), factories.patient()
+    study = Study.objects.create(study_instance_uid="1.2.3.4", patient=merged)
+    services.merge_patients(survivor, merged)
+    study.refresh_from_db()
+    assert study.patient == survivor
