@@ -336,6 +336,16 @@ def book_exam(
     return order
 
 
+def _set_order_status(order: Order, status: str, actor: User | None) -> None:
+    """Save ORDER's new STATUS and tell the listeners (HL7 status out, boards)."""
+    old_status = order.status
+    order.status = status
+    order.save(update_fields=["status", "updated_at"])
+    signals.order_status_changed.send(
+        Order, order=order, old_status=old_status, new_status=status, actor=actor
+    )
+
+
 _OPEN_STEP_STATES = (
     ScheduledProcedureStep.Status.SCHEDULED,
     ScheduledProcedureStep.Status.ARRIVED,
@@ -350,8 +360,7 @@ def check_in(order: Order, *, actor: User | None = None, source_address: str = "
         raise ValidationError(
             f"Order {order.accession_number} is {order.get_status_display()}, not scheduled."
         )
-    order.status = Order.Status.ARRIVED
-    order.save(update_fields=["status", "updated_at"])
+    _set_order_status(order, Order.Status.ARRIVED, actor)
     ScheduledProcedureStep.objects.filter(
         requested_procedure__order=order, status=ScheduledProcedureStep.Status.SCHEDULED
     ).update(status=ScheduledProcedureStep.Status.ARRIVED, updated_at=timezone.now())
@@ -384,8 +393,7 @@ def cancel_order(
         )
     if not reason.strip():
         raise ValidationError({"reason": "A cancellation needs a reason."})
-    order.status = Order.Status.CANCELLED
-    order.save(update_fields=["status", "updated_at"])
+    _set_order_status(order, Order.Status.CANCELLED, actor)
     RequestedProcedure.objects.filter(order=order).update(
         status=RequestedProcedure.Status.CANCELLED
     )
