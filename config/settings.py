@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "core",
     "ris",
+    "ris.hl7",
     "worklist",
     "pacs",
     "reporting",
@@ -151,11 +152,50 @@ DICOM_BIND_ADDRESS = env_str("DICOM_BIND_ADDRESS", "0.0.0.0") or "0.0.0.0"
 # PS3.7 D.3.3.2: the largest PDU we accept; 0 would mean unlimited.
 DICOM_MAX_PDU = env_int("DICOM_MAX_PDU", 262144, minimum=0)
 # Dotted paths of functions that add presentation contexts and handlers to the one AE.
-DICOM_SERVICES = env_list("DICOM_SERVICES", ["pacs.dimse.verification_service"])
+DICOM_SERVICES = env_list(
+    "DICOM_SERVICES",
+    [
+        "pacs.dimse.access_service",
+        "pacs.dimse.verification_service",
+        "pacs.dimse.storage_service",
+        "pacs.dimse.query_service",
+        "pacs.dimse.retrieve_service",
+        "worklist.dimse.worklist_service",
+        "worklist.dimse.mpps_service",
+    ],
+)
+# Only known nodes (pacs.DicomNode) may associate, unless this is on (PS3.8 7.1.1.3).
+DICOM_ACCEPT_UNKNOWN_AE = env_bool("DICOM_ACCEPT_UNKNOWN_AE", False)
+# An instance already stored arriving again: keep (answer success), replace, or reject.
+DICOM_DUPLICATE_POLICY = (env_str("DICOM_DUPLICATE_POLICY", "keep") or "keep").lower()
+if DICOM_DUPLICATE_POLICY not in ("keep", "replace", "reject"):
+    raise ImproperlyConfigured("DICOM_DUPLICATE_POLICY must be keep, replace or reject")
+# The assigning authority of a Patient ID received without Issuer of Patient ID.
+DICOM_DEFAULT_ISSUER = env_str("DICOM_DEFAULT_ISSUER", "LOCAL") or "LOCAL"
+# Serve associations with core.dicom_reactor's waking loops (off: pynetdicom's polling ones).
+DICOM_TUNED_TRANSPORT = env_bool("DICOM_TUNED_TRANSPORT", True)
+# How many associations the DICOM listener serves at once.
+DICOM_MAX_ASSOCIATIONS = env_int("DICOM_MAX_ASSOCIATIONS", 32, minimum=1)
 HL7_PORT = env_int("HL7_PORT", 2575, minimum=0, maximum=65535)
 HL7_BIND_ADDRESS = env_str("HL7_BIND_ADDRESS", "0.0.0.0") or "0.0.0.0"
 HL7_SENDING_APPLICATION = env_str("HL7_SENDING_APPLICATION", "RISPACS") or "RISPACS"
 HL7_SENDING_FACILITY = env_str("HL7_SENDING_FACILITY", "RADIOLOGY") or "RADIOLOGY"
+# The assigning authority of a PID-3/MRG-1 identifier sent without one (CX.4); empty: refused.
+HL7_DEFAULT_ASSIGNING_AUTHORITY = env_str("HL7_DEFAULT_ASSIGNING_AUTHORITY", "") or ""
+# The HL7 version of what we send (MSH-12).
+HL7_OUTBOUND_VERSION = env_str("HL7_OUTBOUND_VERSION", "2.5.1") or "2.5.1"
+if HL7_OUTBOUND_VERSION not in ("2.3", "2.3.1", "2.4", "2.5", "2.5.1"):
+    raise ImproperlyConfigured("HL7_OUTBOUND_VERSION must be one of 2.3, 2.3.1, 2.4, 2.5, 2.5.1")
+# Outbox delivery: seconds to connect and to wait for the ACK; retry delays double from the
+# first to the longest; every HL7_OUTBOX_SWEEP_SECONDS beat (or the hl7server without a
+# broker) sends whatever is due.
+HL7_CONNECT_TIMEOUT = env_int("HL7_CONNECT_TIMEOUT", 10, minimum=1)
+HL7_ACK_TIMEOUT = env_int("HL7_ACK_TIMEOUT", 30, minimum=1)
+HL7_RETRY_DELAY = env_int("HL7_RETRY_DELAY", 10, minimum=1)
+HL7_MAX_RETRY_DELAY = env_int("HL7_MAX_RETRY_DELAY", 600, minimum=1)
+HL7_OUTBOX_SWEEP_SECONDS = env_int("HL7_OUTBOX_SWEEP_SECONDS", 30, minimum=1)
+# The Celery queue of the outbox tasks; empty: the default queue.
+HL7_TASK_QUEUE = env_str("HL7_TASK_QUEUE", "") or ""
 
 # Numbering: accession numbers and the root for UIDs this system makes.
 ACCESSION_PREFIX = env_str("ACCESSION_PREFIX", "A") or ""
@@ -184,6 +224,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "worker-heartbeat": {"task": "core.tasks.record_worker_heartbeat", "schedule": 60.0},
+    "hl7-outbox-sweep": {
+        "task": "ris.hl7.tasks.sweep_outbox",
+        "schedule": float(HL7_OUTBOX_SWEEP_SECONDS),
+        "options": {"queue": HL7_TASK_QUEUE} if HL7_TASK_QUEUE else {},
+    },
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO") or "INFO"

@@ -20,6 +20,7 @@ from pynetdicom.ae import ApplicationEntity
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
+from core.dicom_reactor import FastAssociationServer
 from core.dicom_values import is_valid_ae_title
 from core.listeners import Writer, format_address, stop_signals
 
@@ -38,11 +39,37 @@ CONNECTION_TIMEOUT = 15.0
 
 
 class ArchiveAE(ApplicationEntity):
-    """An AE that carries the event handlers of its services until it starts listening."""
+    """An AE that carries the event handlers of its services until it starts listening.
+
+    A service may set `calling_ae_titles`: a function returning the calling AE titles
+    allowed to associate (None: any). pynetdicom reads `require_calling_aet` for every
+    association request and rejects the others (PS3.8 7.1.1.3, reason 3).
+    """
 
     def __init__(self, ae_title: str) -> None:
         super().__init__(ae_title=ae_title)
         self.evt_handlers: list[EventHandler] = []
+        self.calling_ae_titles: Callable[[], list[str] | None] | None = None
+
+    @property  # type: ignore[override]
+    def require_calling_aet(self) -> list[str]:
+        if self.calling_ae_titles is None:
+            return self._require_calling_aet
+        allowed = self.calling_ae_titles()
+        if allowed is None:
+            return []  # pynetdicom: an empty list accepts any calling AE title
+        # A title no peer can send keeps the list non-empty, so that no node known means none.
+        return [*allowed, "\\"]
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, ae_titles: list[str]) -> None:
+        ApplicationEntity.require_calling_aet.fset(self, ae_titles)  # type: ignore[attr-defined]
+
+    def make_server(self, address: Any, *args: Any, **kwargs: Any) -> Any:
+        """Serve with core.dicom_reactor's waking loops, unless DICOM_TUNED_TRANSPORT is off."""
+        if settings.DICOM_TUNED_TRANSPORT:
+            kwargs["server_class"] = FastAssociationServer
+        return super().make_server(address, *args, **kwargs)
 
 
 def validate_ae_title(value: str) -> str:
@@ -91,6 +118,7 @@ def build_ae(ae_title: str | None = None) -> ArchiveAE:
     ae.connection_timeout = CONNECTION_TIMEOUT
     # PS3.8 D.1: the largest P-DATA-TF PDU we accept, sent in A-ASSOCIATE-AC; 0: no limit.
     ae.maximum_pdu_size = settings.DICOM_MAX_PDU
+    ae.maximum_associations = settings.DICOM_MAX_ASSOCIATIONS
     ae.evt_handlers = [
         (evt.EVT_ACCEPTED, _log_accepted),
         (evt.EVT_RELEASED, _log_released),

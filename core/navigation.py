@@ -41,6 +41,7 @@ NAV_ITEMS = (
         ),
     ),
     NavItem("Audit trail", "core:audit-list", (roles.ADMINISTRATOR,)),
+    NavItem("HL7", "hl7:message-list", (roles.ADMINISTRATOR,)),
     NavItem("Admin", "admin:index", (roles.ADMINISTRATOR,), staff_only=True),
 )
 

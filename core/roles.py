@@ -104,6 +104,12 @@ ROLES: dict[str, Role] = {
             *_crud("pacs", "study", "view"),
             *_crud("reporting", "report", "view"),
             *_crud("auth", "user", "view", "add", "change"),
+            # The HL7 interface page: the message log, re-processing, the outbox.
+            *_crud("hl7", "inboundmessage", "view"),
+            "hl7.reprocess_inboundmessage",
+            *_crud("hl7", "outboundmessage", "view"),
+            "hl7.retry_outboundmessage",
+            *_crud("hl7", "destination", "view", "add", "change"),
         ),
     ),
 }

@@ -7,9 +7,30 @@ the index alone; dates are also kept as dates for range matching.
 from __future__ import annotations
 
 from django.db import models
-from django.db.models.functions import Upper
 
 from ris.models import Patient, RequestedProcedure
+
+
+class DicomNode(models.Model):
+    """Another DICOM application entity we know: a modality, workstation or archive."""
+
+    ae_title = models.CharField("AE title", max_length=16, unique=True)
+    host = models.CharField(max_length=255)
+    port = models.PositiveIntegerField()
+    may_store = models.BooleanField(default=True, help_text="May send us instances (C-STORE).")
+    may_query = models.BooleanField(default=True, help_text="May query (C-FIND).")
+    may_retrieve = models.BooleanField(
+        default=True, help_text="May retrieve (C-MOVE, C-GET) and be a C-MOVE destination."
+    )
+    description = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["ae_title"]
+        verbose_name = "DICOM node"
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 class Study(models.Model):
@@ -21,7 +42,9 @@ class Study(models.Model):
     )
     # Patient module as received in the headers (PS3.4 C.6.1.1.2).
     patient_name = models.CharField(max_length=324, blank=True)
-    dicom_patient_id = models.CharField("Patient ID", max_length=64, blank=True, db_index=True)
+    # Upper-cased copy for case-insensitive PN matching with an index a LIKE prefix can use.
+    patient_name_match = models.CharField(max_length=324, blank=True)
+    dicom_patient_id = models.CharField("Patient ID", max_length=64, blank=True)
     issuer_of_patient_id = models.CharField(max_length=64, blank=True)
     patient_birth_date = models.DateField(null=True, blank=True)
     patient_sex = models.CharField(max_length=16, blank=True)
@@ -32,10 +55,12 @@ class Study(models.Model):
     study_id = models.CharField(max_length=16, blank=True)
     study_description = models.CharField(max_length=64, blank=True)
     referring_physician_name = models.CharField(max_length=324, blank=True)
-    modalities_in_study = models.CharField(max_length=128, blank=True)  # backslash-separated
+    # Backslash-delimited on both ends ("\\CT\\SR\\"), so one LIKE finds a modality.
+    modalities_in_study = models.CharField(max_length=128, blank=True)
     specific_character_set = models.CharField(max_length=128, blank=True)
     number_of_series = models.PositiveIntegerField(default=0)
     number_of_instances = models.PositiveIntegerField(default=0)
+    size_bytes = models.PositiveBigIntegerField(default=0)
     received_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -44,7 +69,15 @@ class Study(models.Model):
         verbose_name_plural = "studies"
         indexes = [
             models.Index(fields=["study_date"]),
-            models.Index(Upper("patient_name"), name="study_patient_name_upper"),
+            # PostgreSQL: pattern ops so that LIKE 'SMITH%' uses the index whatever the collation.
+            models.Index(
+                fields=["patient_name_match"],
+                name="study_pn_match",
+                opclasses=["varchar_pattern_ops"],
+            ),
+            models.Index(
+                fields=["dicom_patient_id", "issuer_of_patient_id"], name="study_patient_identity"
+            ),
             models.Index(fields=["received_at"]),
         ]
 
@@ -63,6 +96,10 @@ class Series(models.Model):
     series_description = models.CharField(max_length=64, blank=True)
     body_part_examined = models.CharField(max_length=16, blank=True)
     series_date = models.DateField(null=True, blank=True)
+    series_time = models.CharField(max_length=16, blank=True)
+    station_name = models.CharField(max_length=16, blank=True)
+    institution_name = models.CharField(max_length=64, blank=True)
+    sending_ae_title = models.CharField(max_length=16, blank=True)
     number_of_instances = models.PositiveIntegerField(default=0)
     received_at = models.DateTimeField(auto_now_add=True)
 
@@ -82,11 +119,13 @@ class Instance(models.Model):
     sop_instance_uid = models.CharField(max_length=64, unique=True)
     sop_class_uid = models.CharField(max_length=64, db_index=True)
     instance_number = models.IntegerField(null=True, blank=True)
+    number_of_frames = models.PositiveIntegerField(null=True, blank=True)
+    rows = models.PositiveIntegerField(null=True, blank=True)
+    columns = models.PositiveIntegerField(null=True, blank=True)
     transfer_syntax_uid = models.CharField(max_length=64)
     # Path of the stored file, relative to STORAGE_DIR.
     file_path = models.CharField(max_length=512)
     file_size = models.PositiveBigIntegerField(default=0)
-    sha256 = models.CharField(max_length=64, blank=True)
     received_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -1,12 +1,14 @@
-"""pacs listens to the RIS: a patient merge moves the merged patient's studies."""
+"""pacs listens: a patient merge in the RIS moves studies; a node change empties the cache."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from pacs.models import Study
+from pacs.models import DicomNode, Study
+from pacs.selectors import node_cache
 from ris.models import Patient
 from ris.signals import patients_merged
 
@@ -16,3 +18,10 @@ def move_studies_of_merged_patient(
     sender: Any, survivor: Patient, merged: Patient, **kwargs: Any
 ) -> None:
     Study.objects.filter(patient=merged).update(patient=survivor)
+
+
+@receiver(post_save, sender=DicomNode)
+@receiver(post_delete, sender=DicomNode)
+def forget_known_nodes(sender: Any, **kwargs: Any) -> None:
+    """A node was added, changed or removed in this process: read the table again."""
+    node_cache.clear()

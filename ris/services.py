@@ -76,8 +76,15 @@ def generate_study_instance_uid() -> str:
     return generate_uid(prefix=settings.DICOM_UID_ROOT)
 
 
-def _audit_kwargs(actor: Any, channel: str | None, source_address: str) -> dict[str, Any]:
-    return {"actor": actor, "channel": channel, "source_address": source_address}
+def _audit_kwargs(
+    actor: Any, channel: str | None, source_address: str, actor_name: str = ""
+) -> dict[str, Any]:
+    return {
+        "actor": actor,
+        "actor_name": actor_name,
+        "channel": channel,
+        "source_address": source_address,
+    }
 
 
 @transaction.atomic
@@ -85,6 +92,7 @@ def register_patient(
     data: PatientInput,
     *,
     actor: User | None = None,
+    actor_name: str = "",
     channel: str | None = audit.Channel.WEB,
     source_address: str = "",
 ) -> Patient:
@@ -105,7 +113,9 @@ def register_patient(
     patient.save()
     for identifier in data.identifiers:
         add_identifier(patient, identifier)
-    audit.record(audit.Action.CREATE, patient, **_audit_kwargs(actor, channel, source_address))
+    audit.record(
+        audit.Action.CREATE, patient, **_audit_kwargs(actor, channel, source_address, actor_name)
+    )
     return patient
 
 
@@ -183,6 +193,7 @@ def update_patient(
     changes: dict[str, Any],
     *,
     actor: User | None = None,
+    actor_name: str = "",
     channel: str | None = audit.Channel.WEB,
     source_address: str = "",
 ) -> list[str]:
@@ -204,7 +215,7 @@ def update_patient(
         audit.Action.UPDATE,
         patient,
         detail=f"changed: {', '.join(changed)}",
-        **_audit_kwargs(actor, channel, source_address),
+        **_audit_kwargs(actor, channel, source_address, actor_name),
     )
     signals.patient_updated.send(Patient, patient=patient, changed=changed, actor=actor)
     return changed
@@ -216,6 +227,7 @@ def merge_patients(
     merged: Patient,
     *,
     actor: User | None = None,
+    actor_name: str = "",
     channel: str | None = audit.Channel.WEB,
     source_address: str = "",
 ) -> Patient:
@@ -248,7 +260,7 @@ def merge_patients(
         merged.merged_into = survivor
         merged.save(update_fields=["merged_into", "updated_at"])
     detail = f"merged patient {merged.pk} ({merged}) into {survivor.pk}"
-    kwargs = _audit_kwargs(actor, channel, source_address)
+    kwargs = _audit_kwargs(actor, channel, source_address, actor_name)
     audit.record(audit.Action.UPDATE, survivor, detail=detail, **kwargs)
     audit.record(audit.Action.UPDATE, merged, detail=detail, **kwargs)
     signals.patients_merged.send(Patient, survivor=survivor, merged=merged, actor=actor)
@@ -275,6 +287,7 @@ def book_exam(
     booking: BookingInput,
     *,
     actor: User | None = None,
+    actor_name: str = "",
     channel: str | None = audit.Channel.WEB,
     source_address: str = "",
 ) -> Order:
@@ -332,7 +345,9 @@ def book_exam(
         # The referring physician sees the orders they referred, and those patients.
         assign_perm("ris.view_order", booking.referring_physician, order)
         assign_perm("ris.view_patient", booking.referring_physician, booking.patient)
-    audit.record(audit.Action.CREATE, order, **_audit_kwargs(actor, channel, source_address))
+    audit.record(
+        audit.Action.CREATE, order, **_audit_kwargs(actor, channel, source_address, actor_name)
+    )
     return order
 
 
@@ -381,6 +396,7 @@ def cancel_order(
     reason: str,
     *,
     actor: User | None = None,
+    actor_name: str = "",
     channel: str | None = audit.Channel.WEB,
     source_address: str = "",
 ) -> Order:
@@ -404,6 +420,329 @@ def cancel_order(
         audit.Action.UPDATE,
         order,
         detail=f"cancelled: {reason.strip()}",
-        **_audit_kwargs(actor, channel, source_address),
+        **_audit_kwargs(actor, channel, source_address, actor_name),
     )
     return order
+
+
+# Exam tracking: what the modality reports by MPPS (or a technologist at the console).
+# A step starts, then is completed or discontinued; its requested procedure and order
+# follow: the order is in progress once a step starts, and completed once none of its
+# steps is open any more.
+_FINISHED_STEP_STATES = (
+    ScheduledProcedureStep.Status.COMPLETED,
+    ScheduledProcedureStep.Status.DISCONTINUED,
+    ScheduledProcedureStep.Status.CANCELLED,
+    ScheduledProcedureStep.Status.NO_SHOW,
+)
+_UNFINISHED_ORDER_STATES = (
+    Order.Status.SCHEDULED,
+    Order.Status.ARRIVED,
+    Order.Status.IN_PROGRESS,
+)
+
+
+def _lock_exam(
+    steps: list[ScheduledProcedureStep],
+) -> tuple[list[Order], list[ScheduledProcedureStep]]:
+    """Lock the orders of STEPS, then the steps: orders first, as check-in and cancel do."""
+    if not steps:
+        raise ValidationError("No scheduled procedure step was given.")
+    step_ids = sorted({step.pk for step in steps})
+    orders = list(
+        Order.objects.select_for_update()
+        .filter(
+            pk__in=ScheduledProcedureStep.objects.filter(pk__in=step_ids).values(
+                "requested_procedure__order_id"
+            )
+        )
+        .order_by("pk")
+    )
+    locked = list(
+        ScheduledProcedureStep.objects.select_for_update().filter(pk__in=step_ids).order_by("pk")
+    )
+    return orders, locked
+
+
+def _refuse(steps: list[ScheduledProcedureStep], allowed: tuple[str, ...], verb: str) -> None:
+    refused = [step for step in steps if step.status not in allowed]
+    if refused:
+        raise ValidationError(
+            "; ".join(
+                f"SPS {step.sps_id} is {step.get_status_display()} and cannot be {verb}"
+                for step in refused
+            )
+        )
+
+
+def _audit_exam(
+    orders: list[Order],
+    detail: str,
+    *,
+    actor: User | None,
+    actor_name: str,
+    channel: str | None,
+    source_address: str,
+) -> None:
+    for order in orders:
+        audit.record(
+            audit.Action.UPDATE,
+            order,
+            actor=actor,
+            actor_name=actor_name,
+            channel=channel,
+            source_address=source_address,
+            detail=detail,
+        )
+
+
+def _sps_ids(steps: list[ScheduledProcedureStep]) -> str:
+    return ", ".join(step.sps_id for step in steps)
+
+
+@transaction.atomic
+def start_exam(
+    steps: list[ScheduledProcedureStep],
+    *,
+    started_at: dt.datetime,
+    performed_station_ae_title: str = "",
+    performed_station_name: str = "",
+    actor: User | None = None,
+    actor_name: str = "",
+    channel: str | None = audit.Channel.DICOM,
+    source_address: str = "",
+) -> list[ScheduledProcedureStep]:
+    """Mark STEPS in progress, and their requested procedures and orders with them."""
+    if timezone.is_naive(started_at):
+        raise ValidationError({"started_at": "The start time must carry a time zone."})
+    orders, locked = _lock_exam(steps)
+    # A step already in progress stays so: a second performed step may share it (IHE SWF).
+    _refuse(locked, (*_OPEN_STEP_STATES, ScheduledProcedureStep.Status.IN_PROGRESS), "started")
+    ScheduledProcedureStep.objects.filter(
+        pk__in=[step.pk for step in locked], status__in=_OPEN_STEP_STATES
+    ).update(status=ScheduledProcedureStep.Status.IN_PROGRESS, updated_at=timezone.now())
+    RequestedProcedure.objects.filter(
+        pk__in={step.requested_procedure_id for step in locked},
+        status=RequestedProcedure.Status.SCHEDULED,
+    ).update(status=RequestedProcedure.Status.IN_PROGRESS)
+    for order in orders:
+        if order.status in (Order.Status.SCHEDULED, Order.Status.ARRIVED):
+            _set_order_status(order, Order.Status.IN_PROGRESS, actor)
+    station = " ".join(
+        part for part in (performed_station_ae_title, performed_station_name) if part
+    )
+    where = f" on {station}" if station else ""
+    _audit_exam(
+        orders,
+        f"exam started: SPS {_sps_ids(locked)}{where} at {started_at.isoformat()}",
+        actor=actor,
+        actor_name=actor_name,
+        channel=channel,
+        source_address=source_address,
+    )
+    for step in locked:
+        step.refresh_from_db(fields=["status", "updated_at"])
+    return locked
+
+
+def _finish_exam(
+    steps: list[ScheduledProcedureStep],
+    new_status: str,
+    ended_at: dt.datetime,
+    *,
+    reason: str = "",
+    actor: User | None,
+    actor_name: str,
+    channel: str | None,
+    source_address: str,
+) -> list[ScheduledProcedureStep]:
+    """End STEPS in NEW_STATUS; complete the procedures and orders left with no open step."""
+    if timezone.is_naive(ended_at):
+        raise ValidationError({"ended_at": "The end time must carry a time zone."})
+    orders, locked = _lock_exam(steps)
+    verb = ScheduledProcedureStep.Status(new_status).label.lower()
+    _refuse(locked, (ScheduledProcedureStep.Status.IN_PROGRESS, new_status), verb)
+    ScheduledProcedureStep.objects.filter(
+        pk__in=[step.pk for step in locked], status=ScheduledProcedureStep.Status.IN_PROGRESS
+    ).update(status=new_status, updated_at=timezone.now())
+    open_steps = ScheduledProcedureStep.objects.exclude(status__in=_FINISHED_STEP_STATES)
+    # "Images received" (set by reconciliation) is further along than completed, and stays.
+    RequestedProcedure.objects.filter(
+        pk__in={step.requested_procedure_id for step in locked},
+        status__in=(RequestedProcedure.Status.SCHEDULED, RequestedProcedure.Status.IN_PROGRESS),
+    ).exclude(pk__in=open_steps.values("requested_procedure_id")).update(
+        status=RequestedProcedure.Status.COMPLETED
+    )
+    for order in orders:
+        still_open = open_steps.filter(requested_procedure__order_id=order.pk).exists()
+        if order.status in _UNFINISHED_ORDER_STATES and not still_open:
+            _set_order_status(order, Order.Status.COMPLETED, actor)
+    _audit_exam(
+        orders,
+        f"exam {verb}: SPS {_sps_ids(locked)} at {ended_at.isoformat()}"
+        + (f": {reason}" if reason else ""),
+        actor=actor,
+        actor_name=actor_name,
+        channel=channel,
+        source_address=source_address,
+    )
+    for step in locked:
+        step.refresh_from_db(fields=["status", "updated_at"])
+    return locked
+
+
+@transaction.atomic
+def complete_exam(
+    steps: list[ScheduledProcedureStep],
+    *,
+    ended_at: dt.datetime,
+    actor: User | None = None,
+    actor_name: str = "",
+    channel: str | None = audit.Channel.DICOM,
+    source_address: str = "",
+) -> list[ScheduledProcedureStep]:
+    """Mark STEPS completed; an order is completed once none of its steps is open."""
+    return _finish_exam(
+        steps,
+        ScheduledProcedureStep.Status.COMPLETED,
+        ended_at,
+        actor=actor,
+        actor_name=actor_name,
+        channel=channel,
+        source_address=source_address,
+    )
+
+
+@transaction.atomic
+def discontinue_exam(
+    steps: list[ScheduledProcedureStep],
+    *,
+    reason: str,
+    ended_at: dt.datetime,
+    actor: User | None = None,
+    actor_name: str = "",
+    channel: str | None = audit.Channel.DICOM,
+    source_address: str = "",
+) -> list[ScheduledProcedureStep]:
+    """Mark STEPS discontinued for REASON; an order with no open step left is completed."""
+    return _finish_exam(
+        steps,
+        ScheduledProcedureStep.Status.DISCONTINUED,
+        ended_at,
+        reason=reason.strip() or "no reason given",
+        actor=actor,
+        actor_name=actor_name,
+        channel=channel,
+        source_address=source_address,
+    )
+
+
+# Writes the HL7 interface needs beyond the front desk's: identifiers learnt from an ADT
+# message, and an order changed by its placer (ORM^O01 XO).
+
+
+@transaction.atomic
+def add_patient_identifiers(
+    patient: Patient,
+    identifiers: list[IdentifierInput],
+    *,
+    actor: User | None = None,
+    actor_name: str = "",
+    channel: str | None = audit.Channel.WEB,
+    source_address: str = "",
+) -> list[PatientIdentifier]:
+    """Attach the IDENTIFIERS that PATIENT does not hold yet; return the new ones."""
+    patient = resolve_patient(patient)
+    held = {(i.issuer.namespace_id, i.value) for i in patient.identifiers.select_related("issuer")}
+    added = [
+        add_identifier(patient, identifier)
+        for identifier in identifiers
+        if (identifier.issuer.strip(), identifier.value.strip()) not in held
+    ]
+    if added:
+        audit.record(
+            audit.Action.UPDATE,
+            patient,
+            detail="identifiers added: " + ", ".join(str(identifier) for identifier in added),
+            **_audit_kwargs(actor, channel, source_address, actor_name),
+        )
+    return added
+
+
+@dataclass
+class OrderChanges:
+    """What an order change may alter; None leaves a value as it is."""
+
+    procedure_type: ProcedureType | None = None
+    scheduled_start: dt.datetime | None = None
+    priority: str | None = None
+    reason: str | None = None
+    referring_physician_name: str | None = None
+
+
+@transaction.atomic
+def change_order(
+    order: Order,
+    changes: OrderChanges,
+    *,
+    actor: User | None = None,
+    actor_name: str = "",
+    channel: str | None = audit.Channel.WEB,
+    source_address: str = "",
+) -> list[str]:
+    """Change an order that is not started yet; return the names of what really changed."""
+    order = Order.objects.select_for_update().get(pk=order.pk)
+    if order.status not in (Order.Status.SCHEDULED, Order.Status.ARRIVED):
+        raise ValidationError(
+            f"Order {order.accession_number} is {order.get_status_display()} and cannot be changed."
+        )
+    changed: list[str] = []
+    for name in ("priority", "reason", "referring_physician_name"):
+        value = getattr(changes, name)
+        if value is not None and getattr(order, name) != value:
+            setattr(order, name, value)
+            changed.append(name)
+    if changed:
+        order.full_clean(exclude=["patient", "referring_physician", "created_by"])
+        order.save(update_fields=[*changed, "updated_at"])
+    steps = ScheduledProcedureStep.objects.select_for_update().filter(
+        requested_procedure__order=order, status__in=_OPEN_STEP_STATES
+    )
+    procedure = changes.procedure_type
+    requested = RequestedProcedure.objects.filter(order=order).select_related("procedure_type")
+    if procedure is not None and any(rp.procedure_type_id != procedure.pk for rp in requested):
+        if not procedure.active:
+            raise ValidationError(
+                {"procedure_type": f"{procedure.code} is not an active procedure."}
+            )
+        for step in steps:
+            if step.room is not None and step.room.modality != procedure.modality:
+                raise ValidationError(
+                    {
+                        "procedure_type": f"{step.room.name} is a {step.room.modality} room; "
+                        f"{procedure.code} needs {procedure.modality}."
+                    }
+                )
+        requested.update(procedure_type=procedure, description=procedure.name[:64])
+        steps.update(modality=procedure.modality, description=procedure.name[:64])
+        changed.append("procedure_type")
+    start = changes.scheduled_start
+    if start is not None:
+        if timezone.is_naive(start):
+            raise ValidationError({"scheduled_start": "The start time must carry a time zone."})
+        for step in steps.select_related("requested_procedure__procedure_type"):
+            if step.scheduled_start != start or "procedure_type" in changed:
+                minutes = step.requested_procedure.procedure_type.default_duration_minutes
+                step.scheduled_start = start
+                step.scheduled_end = start + dt.timedelta(minutes=minutes)
+                step.save(update_fields=["scheduled_start", "scheduled_end", "updated_at"])
+                if "scheduled_start" not in changed:
+                    changed.append("scheduled_start")
+    if changed:
+        audit.record(
+            audit.Action.UPDATE,
+            order,
+            detail=f"changed: {', '.join(changed)}",
+            **_audit_kwargs(actor, channel, source_address, actor_name),
+        )
+    return changed

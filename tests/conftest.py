@@ -15,6 +15,8 @@ def _test_settings(tmp_path: Path, settings: Any) -> None:
     """Every test writes archive files into its own folder; passwords hash fast."""
     settings.STORAGE_DIR = tmp_path / "storage"
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Peers in tests use throw-away AE titles; the access-control tests turn this off.
+    settings.DICOM_ACCEPT_UNKNOWN_AE = True
 
 
 @pytest.fixture

@@ -46,6 +46,12 @@ def echo(port: int, called_ae_title: str = SCP_AE_TITLE) -> int | None:
     return int(status.Status) if "Status" in status else None
 
 
+@pytest.fixture(autouse=True)
+def _verification_only(settings: Any) -> None:
+    """These tests are about the listener itself: echo only, no database behind it."""
+    settings.DICOM_SERVICES = ["pacs.dimse.verification_service"]
+
+
 @pytest.fixture
 def dicom_server() -> Iterator[tuple[ArchiveAE, int]]:
     ae = build_ae(SCP_AE_TITLE)

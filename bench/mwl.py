@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Modality Worklist latency: DCMTK findscu against `manage.py dicomserver` with 10,000 steps.
+
+    BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/x .venv/bin/python bench/mwl.py
+
+(DATABASE_URL is used when BENCH_DATABASE_URL is not set; with neither, a scratch SQLite
+file.) Fills a scratch database with STEPS scheduled procedure steps (bulk inserts, not
+the booking service: 10 stations over 50 days, the past ones completed, a few
+cancelled), starts the DICOM server as a department runs it, and times findscu -W for:
+a station's worklist for today, and a patient name wildcard. Each figure is the median
+wall time of the whole findscu process; echoscu's C-ECHO gives the process start and
+association cost alone, and the difference is the query's own. A pynetdicom SCU that
+keeps one association open gives the same query without any process start.
+A script, not a test: the figures go into the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+
+STATIONS = [f"CT{number}" for number in range(1, 6)] + [f"MR{number}" for number in range(1, 6)]
+FAMILY_NAMES = [
+    f"{stem}{suffix}"
+    for stem in ("Bench", "Sample", "Probe", "Trial", "Dummy", "Proxy", "Model", "Mock")
+    for suffix in ("ers", "man", "sen", "ova", "ez", "ini", "berg", "ström", "ley", "ford")
+] + ["Müller", "山田"]
+GIVEN_NAMES = ["Alex", "Kim", "Sam", "Robin", "Jo", "Charlie", "Taylor", "Noa"]
+WILDCARD_NAME = "probeberg^s*"
+
+
+def populate(database_url: str, steps: int) -> dt.date:
+    """Write STEPS scheduled steps, with their patients, orders and procedures, in bulk.
+
+    Return the department's today, the middle of the schedule.
+    """
+    os.environ["DATABASE_URL"] = database_url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    sys.path.insert(0, str(common.ROOT))
+    import django
+
+    django.setup()
+    from django.db import connections, transaction
+    from django.utils import timezone
+
+    from ris.models import (
+        AssigningAuthority,
+        Order,
+        Patient,
+        PatientIdentifier,
+        ProcedureType,
+        RequestedProcedure,
+        Room,
+        ScheduledProcedureStep,
+    )
+
+    zone = timezone.get_current_timezone()
+    today = timezone.localdate()
+    with transaction.atomic():
+        issuer = AssigningAuthority.objects.create(namespace_id="BENCH")
+        procedures = {
+            modality: ProcedureType.objects.create(
+                code=f"{modality}BENCH", name=f"{modality} bench procedure", modality=modality
+            )
+            for modality in ("CT", "MR")
+        }
+        rooms = {
+            station: Room.objects.create(
+                name=f"Room {station}",
+                modality=station[:2],
+                station_ae_title=station,
+                station_name=f"ROOM {station}",
+                location="Level 1",
+            )
+            for station in STATIONS
+        }
+        patient_count = steps // 5
+        patients = Patient.objects.bulk_create(
+            Patient(
+                family_name=FAMILY_NAMES[number % len(FAMILY_NAMES)],
+                given_name=GIVEN_NAMES[number % len(GIVEN_NAMES)],
+                birth_date=dt.date(1940 + number % 60, number % 12 + 1, number % 28 + 1),
+                sex="FMOU"[number % 4],
+            )
+            for number in range(patient_count)
+        )
+        PatientIdentifier.objects.bulk_create(
+            PatientIdentifier(patient=patient, value=f"MRN{number:07d}", issuer=issuer)
+            for number, patient in enumerate(patients)
+        )
+        orders = Order.objects.bulk_create(
+            Order(
+                accession_number=f"B{number:09d}",
+                filler_order_number=f"B{number:09d}",
+                patient=patients[number % patient_count],
+                referring_physician_name="Referrer^Rob",
+                status=Order.Status.SCHEDULED,
+            )
+            for number in range(steps)
+        )
+        days = 50
+        per_day = steps // (days * len(STATIONS)) or 1
+        plan = []
+        for number, order in enumerate(orders):
+            station = STATIONS[number % len(STATIONS)]
+            day_offset = (number // len(STATIONS)) // per_day - days // 2
+            slot = (number // len(STATIONS)) % per_day
+            start = dt.datetime.combine(
+                today + dt.timedelta(days=day_offset), dt.time(7, 0), tzinfo=zone
+            ) + dt.timedelta(minutes=30 * slot)
+            if day_offset < 0:
+                status = ScheduledProcedureStep.Status.COMPLETED
+            elif number % 50 == 0:
+                status = ScheduledProcedureStep.Status.CANCELLED
+            else:
+                status = ScheduledProcedureStep.Status.SCHEDULED
+            plan.append((order, station, start, status))
+        requested = RequestedProcedure.objects.bulk_create(
+            RequestedProcedure(
+                order=order,
+                requested_procedure_id="1",
+                procedure_type=procedures[station[:2]],
+                description=procedures[station[:2]].name,
+                study_instance_uid=generate_uid(),
+            )
+            for order, station, _, _ in plan
+        )
+        ScheduledProcedureStep.objects.bulk_create(
+            ScheduledProcedureStep(
+                requested_procedure=procedure,
+                sps_id=f"S{number:09d}",
+                modality=station[:2],
+                station_ae_title=station,
+                station_name=rooms[station].station_name,
+                room=rooms[station],
+                scheduled_start=start,
+                scheduled_end=start + dt.timedelta(minutes=20),
+                description=procedure.description,
+                status=status,
+            )
+            for number, (procedure, (_, station, start, status)) in enumerate(
+                zip(requested, plan, strict=True)
+            )
+        )
+    connections.close_all()
+    return today
+
+
+def query_file(folder: Path, name: str, **keys: str) -> Path:
+    """A modality's MWL query, with its usual return keys, as a Part 10 file for findscu."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "RequestedProcedureID",
+        "RequestedProcedureDescription",
+        "StudyInstanceUID",
+        "AdmissionID",
+    ):
+        setattr(ds, keyword, keys.pop(keyword, ""))
+    item = Dataset()
+    for keyword in (
+        "ScheduledStationAETitle",
+        "ScheduledProcedureStepStartDate",
+        "ScheduledProcedureStepStartTime",
+        "Modality",
+        "ScheduledPerformingPhysicianName",
+        "ScheduledProcedureStepDescription",
+        "ScheduledProcedureStepID",
+        "ScheduledStationName",
+    ):
+        setattr(item, keyword, keys.pop(keyword, ""))
+    ds.ScheduledProcedureStepSequence = [item]
+    ds.RequestedProcedureCodeSequence = []
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.31")  # MWL FIND
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path = folder / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def timed(command: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def count_replies(command: list[str], env: dict[str, str], folder: Path) -> int:
+    folder.mkdir()
+    subprocess.run([*command[:-3], "-X", "-od", str(folder), *command[-3:]], env=env, check=True)
+    return len(list(folder.glob("rsp*.dcm")))
+
+
+def in_association(port: int, path: Path, runs: int) -> float:
+    """The median C-FIND over one open association (pynetdicom SCU): no process start."""
+    from pydicom import dcmread
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
+
+    query = dcmread(path)
+    del query.file_meta
+    client = AE(ae_title="BENCHSCU")
+    client.add_requested_context(ModalityWorklistInformationFind)
+    assoc = client.associate("127.0.0.1", port, ae_title=common.ARCHIVE_AE)
+    times = []
+    try:
+        for _ in range(runs):
+            start = time.perf_counter()
+            for _status, _identifier in assoc.send_c_find(query, ModalityWorklistInformationFind):
+                pass
+            times.append(time.perf_counter() - start)
+    finally:
+        assoc.release()
+    return common.median(times)
+
+
+def drop_database(database_url: str) -> None:
+    """Remove the scratch PostgreSQL database (a SQLite one goes with its folder)."""
+    if database_url.startswith("postgres"):
+        admin, name = database_url.rsplit("/", 1)
+        subprocess.run(
+            ["psql", f"{admin}/postgres", "-qc", f"DROP DATABASE IF EXISTS {name}"],
+            check=False,
+            capture_output=True,
+        )
+    else:
+        common.cleanup(Path(database_url.removeprefix("sqlite:///")).parent)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=40, help="timed findscu runs per query")
+    args = parser.parse_args()
+    if not os.environ.get("BENCH_DATABASE_URL") and os.environ.get("DATABASE_URL"):
+        os.environ["BENCH_DATABASE_URL"] = os.environ["DATABASE_URL"]
+    database_url = common.scratch_database(f"rispacs_bench_mwl_{os.getpid()}")
+    folder = Path(tempfile.mkdtemp(prefix="bench-mwl-"))
+    env = common.archive_env(database_url, folder / "storage")
+    try:
+        common.migrate(env)
+        started = time.perf_counter()
+        today = populate(database_url, args.steps)
+        print(f"{args.steps} steps written in {time.perf_counter() - started:.1f} s")
+        print(f"database: {database_url.split('@')[-1]}")
+        port = common.free_port()
+        tools = dict(env, TCP_NODELAY="1")
+        findscu, echoscu = common.dcmtk("findscu"), common.dcmtk("echoscu")
+        target = ["-aet", "BENCHSCU", "-aec", common.ARCHIVE_AE, "127.0.0.1", str(port)]
+        queries = {
+            "station CT3, today": query_file(
+                folder,
+                "station",
+                ScheduledStationAETitle="CT3",
+                ScheduledProcedureStepStartDate=today.strftime("%Y%m%d"),
+            ),
+            f"patient name {WILDCARD_NAME}": query_file(folder, "name", PatientName=WILDCARD_NAME),
+        }
+        with common.running_archive(env, port):
+            echo = [echoscu, *target]
+            for _ in range(3):
+                timed(echo, tools)
+            echo_median = common.median([timed(echo, tools) for _ in range(args.runs)])
+            print(f"echoscu C-ECHO (process start + association): {echo_median * 1000:.1f} ms")
+            for label, path in queries.items():
+                command = [findscu, "-W", *target, str(path)]
+                replies = count_replies(command, tools, folder / label.split()[0])
+                for _ in range(3):
+                    timed(command, tools)
+                total = common.median([timed(command, tools) for _ in range(args.runs)])
+                held = in_association(port, path, args.runs)
+                print(
+                    f"findscu -W {label}: {replies} match(es); median {total * 1000:.1f} ms, "
+                    f"{(total - echo_median) * 1000:.1f} ms over C-ECHO; "
+                    f"pynetdicom on an open association {held * 1000:.1f} ms"
+                )
+    finally:
+        common.cleanup(folder)
+        drop_database(database_url)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""pynetdicom's acceptor, tuned for throughput: wake on data instead of polling.
+
+pynetdicom's two loops per association poll: the DUL reactor sleeps a millisecond
+whenever the socket has nothing to read, and the association reactor sleeps a
+millisecond before each look for a DIMSE message. Each received PDU and each
+message then waits for the next poll, and the socket is read 4 KB at a time.
+Measured on a 500-instance CT series, those waits were a third of the time per
+C-STORE. Here the same loops block in select() and queue.get() instead, and wake the
+moment data or a message arrives (a pipe wakes the DUL when we have a PDU to send);
+sockets are read in large chunks, with Nagle's algorithm off.
+
+Only the waiting changes: the protocol machinery (state machine, ACSE, DIMSE
+assembly) is pynetdicom's own. Written against pynetdicom 3.0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import select
+import socket
+from typing import Any
+
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+# The longest any loop blocks without new input: timers (ARTIM, idle timeout) and the
+# association's release/abort checks run at least this often.
+REACTOR_WAIT = 0.02
+# The most one recv() asks for: a PDU of a few hundred kilobytes comes in a few calls.
+RECV_CHUNK = 1024 * 1024
+
+
+class FastAssociationSocket(AssociationSocket):
+    """Reads a whole PDU with few system calls; sends without Nagle's delay."""
+
+    def __init__(
+        self, assoc: Association, client_socket: socket.socket | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(assoc, client_socket=client_socket, **kwargs)
+        if client_socket is not None:
+            with contextlib.suppress(OSError):
+                client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        # Memory is taken as bytes arrive, never up front: a PDU header may lie about
+        # its length (a 4 GB claim must not allocate 4 GB).
+        buffer = bytearray()
+        while len(buffer) < nr_bytes:
+            chunk = self.socket.recv(min(nr_bytes - len(buffer), RECV_CHUNK))  # type: ignore[union-attr]
+            if not chunk:  # the peer closed the connection: return what came
+                break
+            buffer += chunk
+        return buffer
+
+
+class FastDUL(DULServiceProvider):
+    """A DUL reactor that blocks in select() on the socket and a wake-up pipe."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._run_loop_delay = 0  # never sleep: _is_transport_event blocks instead
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_write, b"\0")
+
+    def _is_transport_event(self) -> bool:
+        if self.event_queue.empty() and self.to_provider_queue.empty():
+            self._wait_for_input()
+        return bool(super()._is_transport_event())
+
+    def _wait_for_input(self) -> None:
+        raw = getattr(self.socket, "socket", None)
+        if raw is None or getattr(self.socket, "_is_connected", False) is False:
+            return
+        try:
+            readable, _, _ = select.select([raw, self._wake_read], [], [], REACTOR_WAIT)
+        except (OSError, ValueError):
+            return  # a closed socket: the parent's check reports it
+        if self._wake_read in readable:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.read(self._wake_read, 4096)
+
+    def run_reactor(self) -> None:
+        try:
+            super().run_reactor()
+        finally:
+            for fd in (self._wake_read, self._wake_write):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+class FastDIMSE(DIMSEServiceProvider):
+    """The association reactor's non-blocking look for a message waits a little instead."""
+
+    def get_msg(self, block: bool = False) -> Any:
+        if block:
+            return super().get_msg(block=True)
+        try:
+            return self.msg_queue.get(timeout=REACTOR_WAIT)
+        except queue.Empty:
+            return None, None
+
+
+class FastRequestHandler(RequestHandler):
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        # Swap in the waking providers before the association's threads start.
+        assoc.dul = FastDUL(assoc)
+        assoc.dimse = FastDIMSE(assoc)
+        # The timeouts' setters also set the DUL's timers: apply them to the new DUL.
+        for attribute in ("acse_timeout", "dimse_timeout", "network_timeout"):
+            setattr(assoc, attribute, getattr(assoc, attribute))
+        assoc.set_socket(FastAssociationSocket(assoc, client_socket=self.request))
+        return assoc
+
+
+class FastAssociationServer(ThreadedAssociationServer):
+    """The threaded association server, with the waking request handler."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["request_handler"] = FastRequestHandler
+        super().__init__(*args, **kwargs)

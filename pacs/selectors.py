@@ -1,0 +1,357 @@
+"""Reads of the archive: C-FIND at every level, answered from the index alone.
+
+Matching follows PS3.4 C.2.2.2: single value, wildcard (* and ?), range (DA, TM), list
+of UIDs, universal (empty value) matching; person names match without regard to case.
+Every query is one SQL statement, whatever the number of matches.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Count, Max, Q, QuerySet, Sum
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+
+from pacs.lookups import wildcard_to_like
+from pacs.models import DicomNode, Instance, Series, Study
+
+PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
+LEVELS = (PATIENT, STUDY, SERIES, IMAGE)
+PATIENT_ROOT, STUDY_ROOT = "patient", "study"
+
+# The level of a record an attribute belongs to, and the model it is stored on.
+_RECORD_OF_LEVEL = {PATIENT: "study", STUDY: "study", SERIES: "series", IMAGE: "instance"}
+# How to reach each record from the model queried at each level.
+_PREFIX = {
+    PATIENT: {"study": ""},
+    STUDY: {"study": ""},
+    SERIES: {"study": "study__", "series": ""},
+    IMAGE: {"study": "series__study__", "series": "series__", "instance": ""},
+}
+
+
+# Seconds the known nodes are reused before the table is read again (other processes edit it).
+NODE_CACHE_SECONDS = 5.0
+
+
+class _NodeCache:
+    """The known DICOM nodes by AE title, read at most every few seconds."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, DicomNode] = {}
+        self._read_at = -NODE_CACHE_SECONDS
+
+    def nodes(self) -> dict[str, DicomNode]:
+        if time.monotonic() - self._read_at > NODE_CACHE_SECONDS:
+            self._nodes = {node.ae_title: node for node in DicomNode.objects.all()}
+            self._read_at = time.monotonic()
+        return self._nodes
+
+    def clear(self) -> None:
+        self._read_at = -NODE_CACHE_SECONDS
+
+
+node_cache = _NodeCache()
+
+
+class QueryError(ValueError):
+    """The identifier cannot be matched; the message is fit for an ErrorComment."""
+
+
+@dataclass(frozen=True)
+class Attribute:
+    keyword: str
+    level: str
+    field: str | None  # None: computed, not matched on a column
+    match_field: str | None = None  # a normalised copy to match on (upper-cased names)
+
+
+ATTRIBUTES = {
+    a.keyword: a
+    for a in (
+        Attribute("PatientName", PATIENT, "patient_name", "patient_name_match"),
+        Attribute("PatientID", PATIENT, "dicom_patient_id"),
+        Attribute("IssuerOfPatientID", PATIENT, "issuer_of_patient_id"),
+        Attribute("PatientBirthDate", PATIENT, "patient_birth_date"),
+        Attribute("PatientSex", PATIENT, "patient_sex"),
+        Attribute("NumberOfPatientRelatedStudies", PATIENT, None),
+        Attribute("NumberOfPatientRelatedSeries", PATIENT, None),
+        Attribute("NumberOfPatientRelatedInstances", PATIENT, None),
+        Attribute("StudyInstanceUID", STUDY, "study_instance_uid"),
+        Attribute("StudyDate", STUDY, "study_date"),
+        Attribute("StudyTime", STUDY, "study_time"),
+        Attribute("AccessionNumber", STUDY, "accession_number"),
+        Attribute("StudyID", STUDY, "study_id"),
+        Attribute("StudyDescription", STUDY, "study_description"),
+        Attribute("ReferringPhysicianName", STUDY, "referring_physician_name"),
+        Attribute("ModalitiesInStudy", STUDY, None),
+        Attribute("NumberOfStudyRelatedSeries", STUDY, "number_of_series"),
+        Attribute("NumberOfStudyRelatedInstances", STUDY, "number_of_instances"),
+        Attribute("SeriesInstanceUID", SERIES, "series_instance_uid"),
+        Attribute("Modality", SERIES, "modality"),
+        Attribute("SeriesNumber", SERIES, "series_number"),
+        Attribute("SeriesDescription", SERIES, "series_description"),
+        Attribute("BodyPartExamined", SERIES, "body_part_examined"),
+        Attribute("SeriesDate", SERIES, "series_date"),
+        Attribute("SeriesTime", SERIES, "series_time"),
+        Attribute("StationName", SERIES, "station_name"),
+        Attribute("InstitutionName", SERIES, "institution_name"),
+        Attribute("NumberOfSeriesRelatedInstances", SERIES, "number_of_instances"),
+        Attribute("SOPInstanceUID", IMAGE, "sop_instance_uid"),
+        Attribute("SOPClassUID", IMAGE, "sop_class_uid"),
+        Attribute("InstanceNumber", IMAGE, "instance_number"),
+        Attribute("NumberOfFrames", IMAGE, "number_of_frames"),
+        Attribute("Rows", IMAGE, "rows"),
+        Attribute("Columns", IMAGE, "columns"),
+    )
+}
+# Keys answered by every level without a column of their own.
+_ALWAYS = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle", "InstanceAvailability"}
+_UNIQUE_KEY = {
+    PATIENT: "PatientID",
+    STUDY: "StudyInstanceUID",
+    SERIES: "SeriesInstanceUID",
+    IMAGE: "SOPInstanceUID",
+}
+
+
+@dataclass(frozen=True)
+class FindQuery:
+    level: str
+    keys: list[str]  # the keywords asked for, in the identifier's order
+    conditions: Q
+
+
+def _path(attribute: Attribute, level: str, field: str) -> str:
+    record = _RECORD_OF_LEVEL[attribute.level]
+    prefix = _PREFIX[level].get(record)
+    if prefix is None:
+        raise QueryError(f"{attribute.keyword} is below the {level} level")
+    return prefix + field
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(item) for item in value)
+    return str(value).strip()
+
+
+def _parse_date(text: str, keyword: str) -> dt.date:
+    try:
+        return dt.datetime.strptime(text.replace(".", ""), "%Y%m%d").date()  # noqa: DTZ007
+    except ValueError as exc:
+        raise QueryError(f"{keyword}: not a date: {text[:20]!r}") from exc
+
+
+def _date_condition(path: str, value: str, keyword: str) -> Q:
+    if "-" not in value:
+        return Q(**{path: _parse_date(value, keyword)})
+    start, _, end = value.partition("-")
+    condition = Q()
+    if start:
+        condition &= Q(**{f"{path}__gte": _parse_date(start, keyword)})
+    if end:
+        condition &= Q(**{f"{path}__lte": _parse_date(end, keyword)})
+    if not start and not end:
+        raise QueryError(f"{keyword}: an empty range")
+    return condition
+
+
+def _normal_time(text: str, keyword: str) -> str:
+    text = text.replace(":", "")
+    digits = text.split(".", 1)[0]
+    if not digits.isdigit() or len(digits) not in (2, 4, 6):
+        raise QueryError(f"{keyword}: not a time: {text[:20]!r}")
+    return text
+
+
+def _time_condition(path: str, value: str, keyword: str) -> Q:
+    if "-" not in value:
+        return Q(**{f"{path}__startswith": _normal_time(value, keyword)})
+    start, _, end = value.partition("-")
+    condition = Q()
+    if start:
+        condition &= Q(**{f"{path}__gte": _normal_time(start, keyword)})
+    if end:
+        # "1200" ends a range at 12:00:59.999999: compare against the next character up.
+        condition &= Q(**{f"{path}__lt": _normal_time(end, keyword) + "\x7f"})
+    return condition
+
+
+def _condition(attribute: Attribute, level: str, value: str) -> Q:
+    keyword = attribute.keyword
+    if attribute.keyword == "ModalitiesInStudy":
+        path = _path(attribute, level, "modalities_in_study")
+        any_of = Q()
+        for modality in value.split("\\"):
+            any_of |= Q(**{f"{path}__contains": f"\\{modality.strip()}\\"})
+        return any_of
+    if attribute.field is None:
+        raise QueryError(f"{keyword} cannot be matched, only returned")
+    vr = dictionary_VR(keyword)
+    path = _path(attribute, level, attribute.field)
+    if vr == "DA":
+        return _date_condition(path, value, keyword)
+    if vr == "TM":
+        return _time_condition(path, value, keyword)
+    if vr == "UI":
+        uids = [uid.strip() for uid in value.split("\\") if uid.strip()]
+        return Q(**{f"{path}__in": uids}) if len(uids) > 1 else Q(**{path: uids[0]})
+    if vr == "IS" or vr in ("US", "UL"):
+        try:
+            return Q(**{path: int(value)})
+        except ValueError as exc:
+            raise QueryError(f"{keyword}: not a number: {value[:20]!r}") from exc
+    if vr == "PN":
+        # PS3.4 C.2.2.2.1: names match without regard to case (uppercase copy, or UPPER()).
+        value = value.upper()
+        if attribute.match_field:
+            path = _path(attribute, level, attribute.match_field)
+        else:
+            return _upper_condition(path, value)
+    if vr == "CS" and "\\" in value:
+        return Q(**{f"{path}__in": value.split("\\")})
+    if "*" in value or "?" in value:
+        return Q(**{f"{path}__dicomlike": wildcard_to_like(value)})
+    return Q(**{path: value})
+
+
+def _upper_condition(path: str, value: str) -> Q:
+    if "*" in value or "?" in value:
+        return Q(**{f"{path}__upper__dicomlike": wildcard_to_like(value)})
+    return Q(**{f"{path}__iexact": value})
+
+
+def build_query(identifier: Dataset, model: str) -> FindQuery:
+    """Read the level, the matching keys and the return keys of a C-FIND identifier."""
+    level = _text(identifier.get("QueryRetrieveLevel", "")).upper()
+    if level not in LEVELS:
+        raise QueryError(f"QueryRetrieveLevel {level!r} is not PATIENT, STUDY, SERIES or IMAGE")
+    if model == STUDY_ROOT and level == PATIENT:
+        raise QueryError("the Study Root model has no PATIENT level")
+    keys: list[str] = []
+    conditions = Q()
+    for element in identifier:
+        keyword = element.keyword
+        if not keyword or keyword in _ALWAYS:
+            continue
+        attribute = ATTRIBUTES.get(keyword)
+        if attribute is None or LEVELS.index(attribute.level) > LEVELS.index(level):
+            # Unknown or deeper keys are answered empty (PS3.4 C.4.1.1.3.2: return, no match).
+            keys.append(keyword)
+            continue
+        keys.append(keyword)
+        value = _text(element.value) if element.VR != "SQ" else ""
+        if value and value != "*":
+            conditions &= _condition(attribute, level, value)
+    return FindQuery(level=level, keys=keys, conditions=conditions)
+
+
+def _queryset(query: FindQuery) -> QuerySet[Any]:
+    if query.level == PATIENT:
+        return (
+            Study.objects.filter(query.conditions)
+            .values("dicom_patient_id", "issuer_of_patient_id")
+            .annotate(
+                name=Max("patient_name"),
+                birth_date=Max("patient_birth_date"),
+                sex=Max("patient_sex"),
+                n_studies=Count("id"),
+                n_series=Sum("number_of_series"),
+                n_instances=Sum("number_of_instances"),
+            )
+            .order_by("dicom_patient_id", "issuer_of_patient_id")
+        )
+    if query.level == STUDY:
+        return Study.objects.filter(query.conditions).order_by("study_date", "id")
+    if query.level == SERIES:
+        return Series.objects.filter(query.conditions).select_related("study").order_by("id")
+    return Instance.objects.filter(query.conditions).select_related("series__study").order_by("id")
+
+
+def _records(row: Any, level: str) -> dict[str, Any]:
+    if level == PATIENT:
+        return {"study": row}
+    if level == STUDY:
+        return {"study": row}
+    if level == SERIES:
+        return {"study": row.study, "series": row}
+    return {"study": row.series.study, "series": row.series, "instance": row}
+
+
+# PATIENT level rows: the key of each value in the aggregated row.
+_PATIENT_AGGREGATES = {
+    "PatientName": "name",
+    "PatientID": "dicom_patient_id",
+    "IssuerOfPatientID": "issuer_of_patient_id",
+    "PatientBirthDate": "birth_date",
+    "PatientSex": "sex",
+    "NumberOfPatientRelatedStudies": "n_studies",
+    "NumberOfPatientRelatedSeries": "n_series",
+    "NumberOfPatientRelatedInstances": "n_instances",
+}
+
+
+def _value(keyword: str, records: dict[str, Any], level: str) -> Any:
+    attribute = ATTRIBUTES.get(keyword)
+    if attribute is None:
+        return None
+    record = records.get(_RECORD_OF_LEVEL[attribute.level])
+    if record is None:
+        return None
+    if isinstance(record, dict):  # PATIENT level rows are dictionaries of aggregates
+        key = _PATIENT_AGGREGATES.get(keyword)
+        return record.get(key) if key else None
+    if keyword == "ModalitiesInStudy":
+        return [m for m in record.modalities_in_study.split("\\") if m]
+    if attribute.field is None:
+        return None
+    return getattr(record, attribute.field)
+
+
+def _dicom(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, dt.date):
+        return value.strftime("%Y%m%d")
+    return value
+
+
+def find(identifier: Dataset, model: str, *, retrieve_ae_title: str) -> Iterator[Dataset]:
+    """Yield one response identifier per match of IDENTIFIER, from one SQL query."""
+    yield from matches(
+        build_query(identifier, model), identifier, retrieve_ae_title=retrieve_ae_title
+    )
+
+
+def matches(query: FindQuery, identifier: Dataset, *, retrieve_ae_title: str) -> Iterator[Dataset]:
+    """Yield the response identifiers of QUERY (built from IDENTIFIER), streaming the rows."""
+    for row in _queryset(query).iterator(chunk_size=500):
+        records = _records(row, query.level)
+        response = Dataset()
+        response.QueryRetrieveLevel = query.level
+        non_ascii = False
+        for keyword in query.keys:
+            value = _dicom(_value(keyword, records, query.level))
+            setattr(response, keyword, value)
+            if isinstance(value, str) and not value.isascii():
+                non_ascii = True
+        if "RetrieveAETitle" in identifier:
+            response.RetrieveAETitle = retrieve_ae_title
+        if "InstanceAvailability" in identifier:
+            response.InstanceAvailability = "ONLINE"
+        # PS3.5 6.1.2.3: answer in UTF-8 whenever a value needs more than ASCII.
+        if non_ascii:
+            response.SpecificCharacterSet = "ISO_IR 192"
+        yield response
+
+
+def unique_key(level: str) -> str:
+    return _UNIQUE_KEY[level]

@@ -1,0 +1,436 @@
+"""Writes of the archive: ingest an instance durably, delete a study, manage known nodes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+
+from core import audit
+from pacs.dicom_header import HeaderError, InstanceHeader, read_header
+from pacs.models import DicomNode, Instance, Series, Study
+from pacs.storage import FileStorage, default_storage, instance_path
+from ris import services as ris_services
+from ris.models import Patient
+
+logger = logging.getLogger(__name__)
+
+IMPLEMENTATION_VERSION_NAME = "RISPACS_01"
+
+# What to do when an instance already stored arrives again (settings.DICOM_DUPLICATE_POLICY).
+KEEP = "keep"  # keep the stored one, answer success: the sender's retry is harmless
+REPLACE = "replace"  # store the new one in its place and re-index it
+REJECT = "reject"  # answer a failure, keep the stored one
+DUPLICATE_POLICIES = (KEEP, REPLACE, REJECT)
+
+
+class IngestError(Exception):
+    """Storing failed; nothing was kept. `reason` is one of the REASON_* constants."""
+
+    def __init__(self, reason: str, comment: str) -> None:
+        super().__init__(comment)
+        self.reason = reason
+        self.comment = comment[:64]  # ErrorComment is LO (PS3.7 C.4.2.1.4)
+
+
+REASON_UNREADABLE = "unreadable"
+REASON_SOP_CLASS_MISMATCH = "sop-class-mismatch"
+REASON_DUPLICATE = "duplicate"
+REASON_OUT_OF_RESOURCES = "out-of-resources"
+
+
+@dataclass
+class IngestResult:
+    instance_id: int
+    study_id: int
+    duplicate: bool = False
+
+
+@dataclass
+class AssociationCache:
+    """Rows already looked up on this association: a series arrives instance after instance."""
+
+    studies: dict[str, tuple[int, int]] = field(
+        default_factory=dict
+    )  # uid -> (study id, patient id)
+    series: dict[str, int] = field(default_factory=dict)
+
+
+def delimited(values: list[str]) -> str:
+    """Join VALUES with backslashes, with one at each end too ("\\CT\\SR\\"); empty for none."""
+    return "\\" + "\\".join(values) + "\\" if values else ""
+
+
+def file_meta_bytes(header: InstanceHeader, transfer_syntax: str, calling_ae: str) -> bytes:
+    """Encode the preamble, prefix and File Meta Information (PS3.10 7.1) for a received dataset."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(header.sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(header.sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if calling_ae:
+        meta.SourceApplicationEntityTitle = calling_ae
+    buffer = BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def ingest_instance(
+    encoded: bytes,
+    *,
+    transfer_syntax: str,
+    context_sop_class: str | None = None,
+    calling_ae: str = "",
+    source_address: str = "",
+    storage: FileStorage | None = None,
+    cache: AssociationCache | None = None,
+) -> IngestResult:
+    """Store ENCODED (a dataset as received, no file meta) durably, then index it.
+
+    The file is written and fsynced before the index row commits, and the row commits
+    before this returns: a caller that answers success after it never loses the instance.
+    On any failure nothing stays behind, and IngestError says why.
+    """
+    try:
+        header = read_header(encoded, transfer_syntax)
+    except HeaderError as exc:
+        raise IngestError(REASON_UNREADABLE, str(exc)) from exc
+    if context_sop_class and header.sop_class_uid != context_sop_class:
+        raise IngestError(
+            REASON_SOP_CLASS_MISMATCH, "SOPClassUID does not match the presentation context"
+        )
+    storage = storage or default_storage()
+    cache = cache if cache is not None else AssociationCache()
+    policy = settings.DICOM_DUPLICATE_POLICY
+    relative = instance_path(
+        header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+    )
+    chunks = [file_meta_bytes(header, transfer_syntax, calling_ae), encoded]
+    try:
+        try:
+            # Never over an existing file: one being there is the sign of a duplicate, and
+            # finding it costs no query on the usual path, where there is none.
+            size = storage.write(relative, chunks, replace=policy == REPLACE)
+        except FileExistsError:
+            stored = _stored(header.sop_instance_uid)
+            if stored is not None:
+                return _duplicate(stored, policy)
+            # A file no row knows: left by a crash between its fsync and its commit.
+            size = storage.write(relative, chunks, replace=True)
+    except OSError as exc:
+        logger.exception("cannot write %s", relative)
+        raise IngestError(REASON_OUT_OF_RESOURCES, f"cannot write file: {exc.strerror}") from exc
+    try:
+        return _index(header, relative, size, transfer_syntax, calling_ae, source_address, cache)
+    except _AlreadyIndexed:
+        # Another association stored the same SOP instance meanwhile; the file at this
+        # path serves its row too, so it stays.
+        stored = _stored(header.sop_instance_uid)
+        assert stored is not None
+        return _duplicate(stored, policy)
+    except Exception as exc:
+        cache.studies.clear()
+        cache.series.clear()
+        if _stored(header.sop_instance_uid) is None:
+            storage.delete(relative)  # nothing half-written stays behind
+        logger.exception("cannot index %s", header.sop_instance_uid)
+        raise IngestError(REASON_OUT_OF_RESOURCES, f"cannot index: {type(exc).__name__}") from exc
+
+
+class _AlreadyIndexed(Exception):
+    """The instance row exists already (inserted by a parallel association)."""
+
+
+def _stored(sop_instance_uid: str) -> tuple[int, int] | None:
+    """(instance id, study id) of a stored SOP instance, or None."""
+    return (
+        Instance.objects.filter(sop_instance_uid=sop_instance_uid)
+        .values_list("pk", "series__study_id")
+        .first()
+    )
+
+
+def _duplicate(stored: tuple[int, int], policy: str) -> IngestResult:
+    if policy == REJECT:
+        raise IngestError(REASON_DUPLICATE, "SOP instance already stored")
+    return IngestResult(instance_id=stored[0], study_id=stored[1], duplicate=True)
+
+
+def _patient_for(header: InstanceHeader, calling_ae: str, source_address: str) -> Patient:
+    """The RIS patient with this PatientID from this issuer; registered from the header if new."""
+    issuer = header.issuer_of_patient_id or settings.DICOM_DEFAULT_ISSUER
+    if header.patient_id:
+        found = ris_services.find_patient_by_identifier(header.patient_id, issuer)
+        if found is not None:
+            return found
+    family, given, middle = ([*header.patient_name.split("=", 1)[0].split("^"), "", ""])[:3]
+    data = ris_services.PatientInput(
+        family_name=family.strip() or "UNKNOWN",
+        given_name=given.strip(),
+        middle_name=middle.strip(),
+        birth_date=header.patient_birth_date,
+        sex=header.patient_sex if header.patient_sex in ("M", "F", "O") else "U",
+        identifiers=(
+            [ris_services.IdentifierInput(header.patient_id, issuer)] if header.patient_id else []
+        ),
+    )
+    try:
+        with transaction.atomic():
+            return ris_services.register_patient(
+                data,
+                actor_name=calling_ae,
+                channel=audit.Channel.DICOM,
+                source_address=source_address,
+            )
+    except Exception:
+        # Registered by a parallel association a moment ago (identifier unique per issuer).
+        found = (
+            ris_services.find_patient_by_identifier(header.patient_id, issuer)
+            if header.patient_id
+            else None
+        )
+        if found is None:
+            raise
+        return found
+
+
+def _study_for(
+    header: InstanceHeader, calling_ae: str, source_address: str, cache: AssociationCache
+) -> tuple[int, int]:
+    cached = cache.studies.get(header.study_instance_uid)
+    if cached is not None:
+        return cached
+    row = (
+        Study.objects.filter(study_instance_uid=header.study_instance_uid)
+        .values_list("pk", "patient_id")
+        .first()
+    )
+    if row is None:
+        patient = _patient_for(header, calling_ae, source_address)
+        study, _ = Study.objects.get_or_create(
+            study_instance_uid=header.study_instance_uid,
+            defaults={
+                "patient": patient,
+                "patient_name": header.patient_name,
+                "patient_name_match": header.patient_name.upper(),
+                "dicom_patient_id": header.patient_id,
+                "issuer_of_patient_id": header.issuer_of_patient_id,
+                "patient_birth_date": header.patient_birth_date,
+                "patient_sex": header.patient_sex,
+                "study_date": header.study_date,
+                "study_time": header.study_time,
+                "accession_number": header.accession_number,
+                "study_id": header.study_id,
+                "study_description": header.study_description,
+                "referring_physician_name": header.referring_physician_name,
+                "specific_character_set": header.specific_character_set,
+            },
+        )
+        row = (study.pk, study.patient_id)
+    cache.studies[header.study_instance_uid] = row
+    return row
+
+
+def _series_for(
+    header: InstanceHeader, study_id: int, calling_ae: str, cache: AssociationCache
+) -> int:
+    cached = cache.series.get(header.series_instance_uid)
+    if cached is not None:
+        return cached
+    series_id = (
+        Series.objects.filter(series_instance_uid=header.series_instance_uid)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if series_id is None:
+        series, created = Series.objects.get_or_create(
+            series_instance_uid=header.series_instance_uid,
+            defaults={
+                "study_id": study_id,
+                "modality": header.modality,
+                "series_number": header.series_number,
+                "series_description": header.series_description,
+                "body_part_examined": header.body_part_examined,
+                "series_date": header.series_date,
+                "series_time": header.series_time,
+                "station_name": header.station_name,
+                "institution_name": header.institution_name,
+                "sending_ae_title": calling_ae,
+            },
+        )
+        series_id = series.pk
+        if created:
+            _count_new_series(study_id)
+    cache.series[header.series_instance_uid] = series_id
+    return series_id
+
+
+def _count_new_series(study_id: int) -> None:
+    """Recount the study's series and modalities, under the study's row lock."""
+    study = Study.objects.select_for_update().get(pk=study_id)
+    modalities = sorted(
+        set(Series.objects.filter(study_id=study_id).values_list("modality", flat=True)) - {""}
+    )
+    study.number_of_series = Series.objects.filter(study_id=study_id).count()
+    study.modalities_in_study = delimited(modalities)
+    study.save(update_fields=["number_of_series", "modalities_in_study", "updated_at"])
+
+
+def _index(
+    header: InstanceHeader,
+    relative: str,
+    size: int,
+    transfer_syntax: str,
+    calling_ae: str,
+    source_address: str,
+    cache: AssociationCache,
+) -> IngestResult:
+    if header.series_instance_uid not in cache.series:
+        with transaction.atomic():
+            study_id, _patient_id = _study_for(header, calling_ae, source_address, cache)
+            _series_for(header, study_id, calling_ae, cache)
+    study_id, _ = cache.studies[header.study_instance_uid]
+    series_id = cache.series[header.series_instance_uid]
+    row = {
+        "series_id": series_id,
+        "sop_instance_uid": header.sop_instance_uid,
+        "sop_class_uid": header.sop_class_uid,
+        "instance_number": header.instance_number,
+        "number_of_frames": header.number_of_frames,
+        "rows": header.rows,
+        "columns": header.columns,
+        "transfer_syntax_uid": transfer_syntax,
+        "file_path": relative,
+        "file_size": size,
+    }
+    if settings.DICOM_DUPLICATE_POLICY == REPLACE and _stored(header.sop_instance_uid):
+        return _reindex(row, study_id, size)
+    if connection.vendor == "postgresql":
+        instance_id = _insert_counted_postgresql(row, study_id, size)
+    else:
+        instance_id = _insert_counted(row, study_id, size)
+    if instance_id is None:
+        raise _AlreadyIndexed
+    return IngestResult(instance_id=instance_id, study_id=study_id)
+
+
+def _insert_counted(row: dict[str, Any], study_id: int, size: int) -> int | None:
+    """Insert the instance row and count it in its series and study, in one transaction."""
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                instance_id = Instance.objects.create(**row).pk
+        except IntegrityError:
+            return None
+        Series.objects.filter(pk=row["series_id"]).update(
+            number_of_instances=F("number_of_instances") + 1
+        )
+        Study.objects.filter(pk=study_id).update(
+            number_of_instances=F("number_of_instances") + 1, size_bytes=F("size_bytes") + size
+        )
+    return instance_id
+
+
+def _postgresql_insert_sql() -> str:
+    instance, series, study = Instance._meta, Series._meta, Study._meta
+    columns = [str(getattr(instance.get_field(name), "column")) for name in _ROW_FIELDS]  # noqa: B009
+    values = ", ".join(f"%({name})s" for name in _ROW_FIELDS)
+    # Only table and column names of our own models are formatted in; values are parameters.
+    return (
+        f'WITH new AS (INSERT INTO "{instance.db_table}" ({", ".join(columns)}, received_at) '  # noqa: S608
+        f"VALUES ({values}, NOW()) ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id), "
+        f'counted_series AS (UPDATE "{series.db_table}" SET number_of_instances = '
+        f"number_of_instances + 1 WHERE id = %(series_id)s AND EXISTS (SELECT 1 FROM new)), "
+        f'counted_study AS (UPDATE "{study.db_table}" SET number_of_instances = '
+        f"number_of_instances + 1, size_bytes = size_bytes + %(size)s, updated_at = NOW() "
+        f"WHERE id = %(study_id)s AND EXISTS (SELECT 1 FROM new)) "
+        f"SELECT id FROM new"
+    )
+
+
+_ROW_FIELDS = (
+    "series_id",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "instance_number",
+    "number_of_frames",
+    "rows",
+    "columns",
+    "transfer_syntax_uid",
+    "file_path",
+    "file_size",
+)
+_INSERT_SQL: list[str] = []
+
+
+def _insert_counted_postgresql(row: dict[str, Any], study_id: int, size: int) -> int | None:
+    """The same as _insert_counted in one statement: one round trip, one commit (hot path)."""
+    if not _INSERT_SQL:
+        _INSERT_SQL.append(_postgresql_insert_sql())
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_SQL[0], {**row, "study_id": study_id, "size": size})
+        found = cursor.fetchone()
+    return int(found[0]) if found else None
+
+
+def _reindex(row: dict[str, Any], study_id: int, size: int) -> IngestResult:
+    """The REPLACE policy: the same row takes the new file and attributes."""
+    with transaction.atomic():
+        replaced = Instance.objects.select_for_update().get(
+            sop_instance_uid=row["sop_instance_uid"]
+        )
+        old_size, old_series = replaced.file_size, replaced.series_id
+        Instance.objects.filter(pk=replaced.pk).update(**row)
+        Series.objects.filter(pk=old_series).update(
+            number_of_instances=F("number_of_instances") - 1
+        )
+        Study.objects.filter(series__pk=old_series).update(
+            number_of_instances=F("number_of_instances") - 1, size_bytes=F("size_bytes") - old_size
+        )
+        Series.objects.filter(pk=row["series_id"]).update(
+            number_of_instances=F("number_of_instances") + 1
+        )
+        Study.objects.filter(pk=study_id).update(
+            number_of_instances=F("number_of_instances") + 1, size_bytes=F("size_bytes") + size
+        )
+    return IngestResult(instance_id=replaced.pk, study_id=study_id)
+
+
+def add_node(
+    ae_title: str,
+    host: str,
+    port: int,
+    *,
+    may_store: bool = True,
+    may_query: bool = True,
+    may_retrieve: bool = True,
+    description: str = "",
+) -> DicomNode:
+    """Register (or update) a known DICOM node."""
+    node, _ = DicomNode.objects.update_or_create(
+        ae_title=ae_title,
+        defaults={
+            "host": host,
+            "port": port,
+            "may_store": may_store,
+            "may_query": may_query,
+            "may_retrieve": may_retrieve,
+            "description": description,
+        },
+    )
+    return node
+
+
+def remove_node(ae_title: str) -> bool:
+    deleted, _ = DicomNode.objects.filter(ae_title=ae_title).delete()
+    return bool(deleted)

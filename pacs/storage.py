@@ -1,0 +1,126 @@
+"""Where instance files live: a small interface, and the local-disk tier behind it.
+
+Paths are relative to the tier's root and spread over 65,536 buckets by a hash of the
+Study Instance UID, so that no directory grows to millions of entries:
+    ab/cd/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
+An object-store tier can implement the same interface later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from django.conf import settings
+
+
+class Storage(Protocol):
+    def write(self, relative_path: str, chunks: list[bytes], *, replace: bool = False) -> int: ...
+    def open(self, relative_path: str) -> BinaryIO: ...
+    def path(self, relative_path: str) -> Path: ...
+    def delete(self, relative_path: str) -> None: ...
+    def exists(self, relative_path: str) -> bool: ...
+
+
+def instance_path(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """Return the relative path of an instance file (UIDs hold only digits and dots: safe names)."""
+    digest = hashlib.blake2b(study_uid.encode("ascii"), digest_size=2).hexdigest()
+    return f"{digest[:2]}/{digest[2:]}/{study_uid}/{series_uid}/{sop_uid}.dcm"
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileStorage:
+    """Files on a local (or mounted) filesystem, written durably."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def path(self, relative_path: str) -> Path:
+        full = (self.root / relative_path).resolve()
+        if not full.is_relative_to(self.root.resolve()):
+            raise ValueError(f"path escapes the storage root: {relative_path!r}")
+        return full
+
+    def write(self, relative_path: str, chunks: list[bytes], *, replace: bool = False) -> int:
+        """Write CHUNKS to RELATIVE_PATH durably: fsynced, moved into place, directory fsynced.
+
+        With REPLACE an existing file is replaced atomically; without, FileExistsError
+        leaves it as it is. Returns the size written.
+        """
+        final = self.path(relative_path)
+        directory = final.parent
+        created = self._make_directories(directory)
+        temporary = directory / f".{final.name}.{uuid.uuid4().hex}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        size = 0
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                    size += written
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            temporary.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        try:
+            if replace:
+                os.replace(temporary, final)
+            else:
+                os.link(temporary, final)  # atomic, and fails if the name is taken
+        finally:
+            temporary.unlink(missing_ok=True)
+        _fsync_directory(directory)
+        for parent in created:  # new directories must be durable in their parents too
+            _fsync_directory(parent.parent)
+        return size
+
+    def _make_directories(self, directory: Path) -> list[Path]:
+        """Create DIRECTORY and its missing parents; return the ones created, deepest last."""
+        missing: list[Path] = []
+        current = directory
+        while not current.exists():
+            missing.append(current)
+            current = current.parent
+        for folder in reversed(missing):
+            folder.mkdir(exist_ok=True)
+        return list(reversed(missing))
+
+    def open(self, relative_path: str) -> BinaryIO:
+        return self.path(relative_path).open("rb")
+
+    def exists(self, relative_path: str) -> bool:
+        return self.path(relative_path).exists()
+
+    def delete(self, relative_path: str) -> None:
+        """Remove a file, and its series and study folders once they are empty."""
+        final = self.path(relative_path)
+        final.unlink(missing_ok=True)
+        for folder in (final.parent, final.parent.parent):
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or already gone): stop climbing
+
+    def walk(self) -> Iterator[str]:
+        """Yield the relative path of every stored file (for consistency checks)."""
+        for path in self.root.rglob("*.dcm"):
+            yield str(path.relative_to(self.root))
+
+
+def default_storage() -> FileStorage:
+    return FileStorage(settings.STORAGE_DIR)
