@@ -1,16 +1,15 @@
 #!/usr/bin/env python3
 """Modality Worklist latency: DCMTK findscu against `manage.py dicomserver` with 10,000 steps.
 
-    BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/x .venv/bin/python bench/mwl.py
+    BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres .venv/bin/python bench/mwl.py
 
 (DATABASE_URL is used when BENCH_DATABASE_URL is not set; with neither, a scratch SQLite
 file.) Fills a scratch database with STEPS scheduled procedure steps (bulk inserts, not
 the booking service: 10 stations over 50 days, the past ones completed, a few
-cancelled), starts the DICOM server as a department runs it, and times findscu -W for:
-a station's worklist for today, and a patient name wildcard. Each figure is the median
-wall time of the whole findscu process; echoscu's C-ECHO gives the process start and
-association cost alone, and the difference is the query's own. A pynetdicom SCU that
-keeps one association open gives the same query without any process start.
+cancelled), starts the DICOM server as a department runs it, and times findscu -W for
+a station's worklist for today and for a patient name wildcard. The C-FIND's latency is
+read from findscu's own log (request sent to final response); the whole findscu process
+and echoscu's (process start, association, C-ECHO, release) are given beside it.
 A script, not a test: the figures go into the report.
 """
 
@@ -19,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -210,27 +210,52 @@ def count_replies(command: list[str], env: dict[str, str], folder: Path) -> int:
     return len(list(folder.glob("rsp*.dcm")))
 
 
-def in_association(port: int, path: Path, runs: int) -> float:
-    """The median C-FIND over one open association (pynetdicom SCU): no process start."""
-    from pydicom import dcmread
-    from pynetdicom import AE
-    from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
+# findscu's own log, with microsecond timestamps: the C-FIND as DCMTK sees it, from
+# the request sent to the final response, without process start or association.
+LOGGER_CONFIG = """\
+log4cplus.rootLogger = INFO, console
+log4cplus.appender.console = log4cplus::ConsoleAppender
+log4cplus.appender.console.ImmediateFlush = true
+log4cplus.appender.console.layout = log4cplus::PatternLayout
+log4cplus.appender.console.layout.ConversionPattern = %D{%H:%M:%S.%Q} %m%n
+log4cplus.logger.dcmtk.dcmnet.responses = OFF
+log4cplus.logger.dcmtk.apps.findscu = OFF
+"""
+_STAMP = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3})\.(\d{3}) (.*)$")
 
-    query = dcmread(path)
-    del query.file_meta
-    client = AE(ae_title="BENCHSCU")
-    client.add_requested_context(ModalityWorklistInformationFind)
-    assoc = client.associate("127.0.0.1", port, ae_title=common.ARCHIVE_AE)
-    times = []
-    try:
-        for _ in range(runs):
-            start = time.perf_counter()
-            for _status, _identifier in assoc.send_c_find(query, ModalityWorklistInformationFind):
-                pass
-            times.append(time.perf_counter() - start)
-    finally:
-        assoc.release()
-    return common.median(times)
+
+def _seconds(line: str) -> tuple[float, str] | None:
+    match = _STAMP.match(line)
+    if not match:
+        return None
+    hours, minutes, seconds, millis, micros, text = match.groups()
+    moment = int(hours) * 3600 + int(minutes) * 60 + int(seconds)
+    return moment + int(millis) / 1e3 + int(micros) / 1e6, text
+
+
+def c_find_time(log: str) -> float:
+    """Seconds from "Sending Find Request" to "Received Final Find Response" in findscu's log."""
+    sent = received = None
+    for line in log.splitlines():
+        parsed = _seconds(line)
+        if parsed is None:
+            continue
+        moment, text = parsed
+        if text.startswith("Sending Find Request"):
+            sent = moment
+        elif text.startswith("Received Final Find Response"):
+            received = moment
+    if sent is None or received is None:
+        sys.exit(f"findscu's log lacks the request or the final response:\n{log}")
+    return (received - sent) % 86400  # across midnight too
+
+
+def timed_find(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run findscu; return the C-FIND's own time and the whole process's, in seconds."""
+    start = time.perf_counter()
+    result = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    return c_find_time(result.stdout + result.stderr), elapsed
 
 
 def drop_database(database_url: str) -> None:
@@ -238,7 +263,8 @@ def drop_database(database_url: str) -> None:
     if database_url.startswith("postgres"):
         admin, name = database_url.rsplit("/", 1)
         subprocess.run(
-            ["psql", f"{admin}/postgres", "-qc", f"DROP DATABASE IF EXISTS {name}"],
+            # FORCE: autovacuum may still be analysing the bulk inserts.
+            ["psql", f"{admin}/postgres", "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
             check=False,
             capture_output=True,
         )
@@ -275,23 +301,29 @@ def main() -> None:
             ),
             f"patient name {WILDCARD_NAME}": query_file(folder, "name", PatientName=WILDCARD_NAME),
         }
+        config = folder / "findscu-logger.cfg"
+        config.write_text(LOGGER_CONFIG)
         with common.running_archive(env, port):
             echo = [echoscu, *target]
             for _ in range(3):
                 timed(echo, tools)
             echo_median = common.median([timed(echo, tools) for _ in range(args.runs)])
-            print(f"echoscu C-ECHO (process start + association): {echo_median * 1000:.1f} ms")
+            print(
+                f"echoscu, whole process (start, association, C-ECHO, release): "
+                f"median {echo_median * 1000:.1f} ms"
+            )
             for label, path in queries.items():
                 command = [findscu, "-W", *target, str(path)]
                 replies = count_replies(command, tools, folder / label.split()[0])
+                logged = [findscu, "-W", "-lc", str(config), *target, str(path)]
                 for _ in range(3):
-                    timed(command, tools)
-                total = common.median([timed(command, tools) for _ in range(args.runs)])
-                held = in_association(port, path, args.runs)
+                    timed_find(logged, tools)
+                runs = [timed_find(logged, tools) for _ in range(args.runs)]
+                own = common.median([run[0] for run in runs])
+                whole = common.median([run[1] for run in runs])
                 print(
-                    f"findscu -W {label}: {replies} match(es); median {total * 1000:.1f} ms, "
-                    f"{(total - echo_median) * 1000:.1f} ms over C-ECHO; "
-                    f"pynetdicom on an open association {held * 1000:.1f} ms"
+                    f"findscu -W {label}: {replies} match(es); C-FIND request to final "
+                    f"response median {own * 1000:.1f} ms; whole process {whole * 1000:.1f} ms"
                 )
     finally:
         common.cleanup(folder)

@@ -85,11 +85,22 @@ try:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
 except Exception as exc:  # dj_database_url raises several types for a bad URL
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from exc
+_POSTGRESQL = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+if _POSTGRESQL and env_bool("DATABASE_POOL", True):
+    # A pool of connections per process: the DICOM and HL7 listeners serve each association
+    # and connection on a thread of its own, and a fresh PostgreSQL connection per thread
+    # costs more than the query it is for.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("DATABASE_POOL_MIN", 2, minimum=0),
+        "max_size": env_int("DATABASE_POOL_MAX", 20, minimum=1),
+        "timeout": env_int("DATABASE_POOL_TIMEOUT", 30, minimum=1),
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     # Several processes (web, dicom, hl7) share the file: wait for locks, write-ahead log.
     DATABASES["default"]["OPTIONS"] = {
-        "timeout": 20,
+        "timeout": env_int("SQLITE_BUSY_TIMEOUT", 20, minimum=1),
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
     }
@@ -160,6 +171,7 @@ DICOM_SERVICES = env_list(
         "pacs.dimse.storage_service",
         "pacs.dimse.query_service",
         "pacs.dimse.retrieve_service",
+        "pacs.dimse.commitment_service",
         "worklist.dimse.worklist_service",
         "worklist.dimse.mpps_service",
     ],
@@ -172,6 +184,9 @@ if DICOM_DUPLICATE_POLICY not in ("keep", "replace", "reject"):
     raise ImproperlyConfigured("DICOM_DUPLICATE_POLICY must be keep, replace or reject")
 # The assigning authority of a Patient ID received without Issuer of Patient ID.
 DICOM_DEFAULT_ISSUER = env_str("DICOM_DEFAULT_ISSUER", "LOCAL") or "LOCAL"
+# C-STORE acknowledges once the instance is durable in the intake journal; the index row
+# follows from a background thread (pacs.journal). Off: index before acknowledging.
+DICOM_INTAKE_JOURNAL = env_bool("DICOM_INTAKE_JOURNAL", True)
 # Serve associations with core.dicom_reactor's waking loops (off: pynetdicom's polling ones).
 DICOM_TUNED_TRANSPORT = env_bool("DICOM_TUNED_TRANSPORT", True)
 # How many associations the DICOM listener serves at once.
@@ -228,6 +243,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "ris.hl7.tasks.sweep_outbox",
         "schedule": float(HL7_OUTBOX_SWEEP_SECONDS),
         "options": {"queue": HL7_TASK_QUEUE} if HL7_TASK_QUEUE else {},
+    },
+    # Storage Commitment results not sent yet (a lost task, a node that was away).
+    "commitment-report-sweep": {
+        "task": "pacs.tasks.sweep_commitment_reports",
+        "schedule": 60.0,
     },
 }
 

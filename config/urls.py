@@ -19,6 +19,8 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("core/", include("core.urls")),
     path("ris/", include("ris.urls")),
+    path("hl7/", include("ris.hl7.urls")),
+    path("pacs/", include("pacs.urls")),
     path("reporting/", include("reporting.urls")),
     path("api/", include(router.urls)),
     path("admin/", admin.site.urls),

@@ -40,6 +40,17 @@ NAV_ITEMS = (
             roles.REFERRING_PHYSICIAN,
         ),
     ),
+    NavItem(
+        "Studies",
+        "pacs:study-list",
+        (
+            roles.TECHNOLOGIST,
+            roles.RADIOLOGIST,
+            roles.ADMINISTRATOR,
+            roles.REFERRING_PHYSICIAN,
+            roles.PATIENT,
+        ),
+    ),
     NavItem("Audit trail", "core:audit-list", (roles.ADMINISTRATOR,)),
     NavItem("HL7", "hl7:message-list", (roles.ADMINISTRATOR,)),
     NavItem("Admin", "admin:index", (roles.ADMINISTRATOR,), staff_only=True),

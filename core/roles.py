@@ -102,6 +102,8 @@ ROLES: dict[str, Role] = {
             *_crud("ris", "room", "add", "change", "delete"),
             *_crud("ris", "assigningauthority", "view", "add", "change"),
             *_crud("pacs", "study", "view"),
+            *_crud("pacs", "dicomnode", "view", "add", "change", "delete"),
+            *_crud("pacs", "storagecommitment", "view"),
             *_crud("reporting", "report", "view"),
             *_crud("auth", "user", "view", "add", "change"),
             # The HL7 interface page: the message log, re-processing, the outbox.

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
-from pacs.models import Instance, Series, Study
+from pacs import commitment
+from pacs.models import DicomNode, Instance, Series, StorageCommitment, Study
 
 
 @admin.register(Study)
@@ -47,3 +50,56 @@ class InstanceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     ]
     search_fields = ["sop_instance_uid"]
     raw_id_fields = ["series"]
+
+
+@admin.register(StorageCommitment)
+class StorageCommitmentAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Storage Commitment requests and their results: read-only, but a result can be resent."""
+
+    list_display = [
+        "transaction_uid",
+        "calling_ae_title",
+        "received_at",
+        "instance_count",
+        "status",
+        "event_type_id",
+        "failure_count",
+        "attempts",
+        "sent_at",
+    ]
+    list_filter = ["status", "calling_ae_title"]
+    search_fields = ["transaction_uid", "calling_ae_title"]
+    date_hierarchy = "received_at"
+    readonly_fields = [field.name for field in StorageCommitment._meta.fields]
+    actions = ["send_again"]
+
+    @admin.display(description="instances")
+    def instance_count(self, record: StorageCommitment) -> int:
+        return len(record.references)
+
+    @admin.display(description="failed")
+    def failure_count(self, record: StorageCommitment) -> int:
+        return len(record.failures)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Send the result again now (those not sent)", permissions=["change"])
+    def send_again(self, request: HttpRequest, queryset: QuerySet[StorageCommitment]) -> None:
+        count = commitment.retry_now(list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"{count} result(s) queued to be sent again.")
+
+
+@admin.register(DicomNode)
+class DicomNodeAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = [
+        "ae_title",
+        "host",
+        "port",
+        "may_store",
+        "may_query",
+        "may_retrieve",
+        "description",
+    ]
+    list_filter = ["may_store", "may_query", "may_retrieve"]
+    search_fields = ["ae_title", "host", "description"]

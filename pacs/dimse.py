@@ -8,6 +8,7 @@ calling node, call a service or selector, answer with a named status.
 
 from __future__ import annotations
 
+import atexit
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -38,7 +39,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at impo
 )
 
 from core import audit
-from pacs import retrieve, selectors, services
+from pacs import journal, retrieve, selectors, services
 from pacs.selectors import node_cache
 from pacs.storage import default_storage
 
@@ -174,7 +175,7 @@ def handle_store(event: Event) -> int | Dataset:
     if cache is None:
         cache = event.assoc._archive_cache = services.AssociationCache()  # type: ignore[attr-defined]
     try:
-        services.ingest_instance(
+        services.receive_instance(
             event.request.DataSet.getvalue(),  # type: ignore[union-attr]
             transfer_syntax=event.context.transfer_syntax,
             context_sop_class=event.context.abstract_syntax,
@@ -208,7 +209,14 @@ def storage_service(ae: ApplicationEntity) -> list[EventHandler]:
     """Storage SCP for every storage SOP class, in every transfer syntax, stored as received.
 
     Both roles are accepted, so that a C-GET requestor can take them back on its association.
+    With DICOM_INTAKE_JOURNAL on, the intake journal starts here, and indexes whatever a
+    stopped process left in it before the listener opens (pacs.journal).
     """
+    if settings.DICOM_INTAKE_JOURNAL:
+        intake = journal.Journal(default_storage(), services.index_journal_entry)
+        journal.install(intake)
+        intake.start()
+        atexit.register(intake.stop)
     for context in StoragePresentationContexts:
         ae.add_supported_context(
             str(context.abstract_syntax), STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
@@ -377,3 +385,61 @@ def retrieve_service(ae: ApplicationEntity) -> list[EventHandler]:
     ):
         ae.add_supported_context(sop_class)
     return [(evt.EVT_C_MOVE, handle_move), (evt.EVT_C_GET, handle_get)]
+
+
+# -- Storage Commitment ----------------------------------------------------------------
+
+# PS3.7 10.1.4.1.10: the N-ACTION statuses (PS3.4 J.3.2.1.4 defines none of its own).
+ACTION_PROCESSING_FAILURE = 0x0110  # PS3.7 C.5.5
+ACTION_NO_SUCH_SOP_INSTANCE = 0x0112  # PS3.7 C.5.9
+ACTION_INVALID_ARGUMENT_VALUE = 0x0115  # PS3.7 C.5.10
+ACTION_NO_SUCH_SOP_CLASS = 0x0118  # PS3.7 C.5.20
+ACTION_NO_SUCH_ACTION = 0x0123  # PS3.7 C.5.17
+
+
+def handle_commitment_request(event: Event) -> tuple[int | Dataset, Dataset | None]:
+    """Record a Storage Commitment request (PS3.4 J.3.2); the result follows (pacs.commitment)."""
+    from pacs import commitment
+
+    close_old_connections()
+    ae_title, address = _calling(event)
+    node = node_cache.nodes().get(ae_title)
+    # Refused for an unknown node even when any AE may associate: the result needs its address.
+    if node is None or not node.may_store:
+        logger.warning("storage commitment request from %s refused: not a storing node", ae_title)
+        return failure(STATUS_REFUSED_NOT_AUTHORIZED, "this AE title may not store"), None
+    request: Any = event.request
+    if request.RequestedSOPClassUID != commitment.STORAGE_COMMITMENT_PUSH_MODEL:
+        return failure(ACTION_NO_SUCH_SOP_CLASS, "not the Storage Commitment Push Model"), None
+    if request.RequestedSOPInstanceUID != commitment.STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE:
+        return failure(ACTION_NO_SUCH_SOP_INSTANCE, "not SOP instance 1.2.840.10008.1.20.1.1"), None
+    if request.ActionTypeID != commitment.ACTION_REQUEST_STORAGE_COMMITMENT:
+        return failure(ACTION_NO_SUCH_ACTION, f"no action type {request.ActionTypeID}"), None
+    try:
+        information = event.action_information
+    except Exception as exc:
+        return failure(ACTION_INVALID_ARGUMENT_VALUE, f"Action Information unreadable: {exc}"), None
+    message_id = int(request.MessageID)
+    try:
+        commitment.record_request(
+            commitment.read_request(information),
+            calling_ae_title=ae_title,
+            called_ae_title=str(event.assoc.acceptor.ae_title).strip(),
+            source_address=address,
+            defer=lambda start: commitment.run_after_response(event.assoc, message_id, start),
+        )
+    except commitment.RequestError as exc:
+        logger.warning("storage commitment request from %s refused: %s", ae_title, exc.comment)
+        return failure(ACTION_INVALID_ARGUMENT_VALUE, exc.comment), None
+    except Exception:
+        logger.exception("storage commitment request from %s failed", ae_title)
+        return failure(ACTION_PROCESSING_FAILURE, "internal error; nothing was recorded"), None
+    return STATUS_SUCCESS, None
+
+
+def commitment_service(ae: ApplicationEntity) -> list[EventHandler]:
+    """Storage Commitment Push Model as SCP (PS3.4 Annex J); results go on new associations."""
+    from pacs import commitment
+
+    ae.add_supported_context(commitment.STORAGE_COMMITMENT_PUSH_MODEL)
+    return [(evt.EVT_N_ACTION, handle_commitment_request)]

@@ -136,3 +136,43 @@ class Instance(models.Model):
 
     def audit_patient(self) -> Patient:
         return self.series.study.patient
+
+
+class StorageCommitment(models.Model):
+    """A Storage Commitment request (PS3.4 J.3.2) and the sending of its result (J.3.3)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "result not sent yet"
+        SENT = "sent", "result sent"
+        FAILED = "failed", "result could not be sent"
+
+    transaction_uid = models.CharField("Transaction UID", max_length=64)
+    calling_ae_title = models.CharField("requested by", max_length=16)
+    # Our AE title on the request's association: the result goes out under it (J.3.3.1.2).
+    called_ae_title = models.CharField("requested of", max_length=16)
+    source_address = models.CharField(max_length=255, blank=True)
+    # [[ReferencedSOPClassUID, ReferencedSOPInstanceUID], ...] in the order requested.
+    references = models.JSONField(default=list)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    # Of the result sent: 1 all committed, 2 failures exist; the failures' UIDs and reasons.
+    event_type_id = models.PositiveSmallIntegerField("Event Type ID", null=True, blank=True)
+    failures = models.JSONField(default=list, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    # A sender holds the row until then, so that a retry and the sweep never send twice.
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["calling_ae_title", "transaction_uid"], name="commitment_transaction_once"
+            )
+        ]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="commitment_due")]
+
+    def __str__(self) -> str:
+        return f"Storage commitment {self.transaction_uid} from {self.calling_ae_title}"

@@ -13,12 +13,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Count, Max, Q, QuerySet, Sum
+from django.db.models import Count, F, Max, Prefetch, Q, QuerySet, Sum
+from guardian.shortcuts import get_objects_for_user
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
+from core import roles
+from core.permissions import can
 from pacs.lookups import wildcard_to_like
 from pacs.models import DicomNode, Instance, Series, Study
+from ris.models import Order, Patient, RequestedProcedure
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 LEVELS = (PATIENT, STUDY, SERIES, IMAGE)
@@ -355,3 +359,120 @@ def matches(query: FindQuery, identifier: Dataset, *, retrieve_ae_title: str) ->
 
 def unique_key(level: str) -> str:
     return _UNIQUE_KEY[level]
+
+
+# The study browser: who may see which studies, and searching them from a web form.
+
+
+@dataclass(frozen=True)
+class StudySearch:
+    """What a person searches studies by in the browser; an empty field matches everything."""
+
+    patient_name: str = ""
+    patient_id: str = ""
+    accession_number: str = ""
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    modality: str = ""
+    referring_physician: str = ""
+
+    def described(self) -> str:
+        """The criteria given, as "name=value" pairs for the audit trail."""
+        return " ".join(
+            f"{name}={value}" for name, value in vars(self).items() if value not in ("", None)
+        )
+
+
+def may_browse_studies(user: Any) -> bool:
+    """Tell whether USER may use the study browser at all (what they find is narrowed further)."""
+    return (
+        can(user, "pacs.view_study")
+        or roles.has_role(user, roles.REFERRING_PHYSICIAN)
+        or roles.has_role(user, roles.PATIENT)
+    )
+
+
+def studies_visible_to(user: Any, search: StudySearch | None = None) -> QuerySet[Study]:
+    """Studies USER may see that match SEARCH, newest first.
+
+    The study role permission shows every study. Otherwise a person sees the studies of
+    the orders granted to them (a referring physician's referrals) and those of their own
+    patient record, nothing else.
+    """
+    if not user.is_authenticated or not user.is_active:
+        return Study.objects.none()
+    studies = Study.objects.all()
+    if not can(user, "pacs.view_study"):
+        # Object grants only: a role-wide ris.view_order (front desk) must not open every study.
+        referred = get_objects_for_user(
+            user, "ris.view_order", klass=Order, accept_global_perms=False
+        )
+        studies = studies.filter(
+            Q(
+                requested_procedure__in=RequestedProcedure.objects.filter(
+                    order__in=referred.values("pk")
+                ).values("pk")
+            )
+            | Q(patient__in=Patient.objects.filter(user=user).values("pk"))
+        )
+    if search is not None:
+        studies = studies.filter(_study_search_conditions(search))
+    return studies.order_by(F("study_date").desc(nulls_last=True), "-id")
+
+
+def _person_name_condition(keyword: str, text: str) -> Q:
+    """Match a name as C-FIND does (any case, * and ?); a plain word starts any name component."""
+    attribute = ATTRIBUTES[keyword]
+    if "*" in text or "?" in text:
+        return _condition(attribute, STUDY, text)
+    return _condition(attribute, STUDY, f"{text}*") | _condition(attribute, STUDY, f"*^{text}*")
+
+
+def _study_search_conditions(search: StudySearch) -> Q:
+    conditions = Q()
+    if search.patient_name.strip():
+        conditions &= _person_name_condition("PatientName", search.patient_name.strip())
+    if search.referring_physician.strip():
+        conditions &= _person_name_condition(
+            "ReferringPhysicianName", search.referring_physician.strip()
+        )
+    if search.patient_id.strip():
+        conditions &= _condition(ATTRIBUTES["PatientID"], STUDY, search.patient_id.strip())
+    if search.accession_number.strip():
+        conditions &= _condition(
+            ATTRIBUTES["AccessionNumber"], STUDY, search.accession_number.strip()
+        )
+    if search.date_from is not None:
+        conditions &= Q(study_date__gte=search.date_from)
+    if search.date_to is not None:
+        conditions &= Q(study_date__lte=search.date_to)
+    if search.modality.strip():
+        conditions &= _condition(
+            ATTRIBUTES["ModalitiesInStudy"], STUDY, search.modality.strip().upper()
+        )
+    return conditions
+
+
+def study_series(study: Study) -> list[Series]:
+    """STUDY's series in number order, each with its instances and its size (three queries)."""
+    instances = Instance.objects.order_by("instance_number", "id")
+    return list(
+        Series.objects.filter(study=study)
+        .annotate(size_bytes=Sum("instances__file_size"))
+        .prefetch_related(Prefetch("instances", queryset=instances))
+        .order_by(F("series_number").asc(nulls_last=True), "id")
+    )
+
+
+def study_instances(study: Study) -> QuerySet[Instance]:
+    """STUDY's instances with their series, in series then instance order (for export)."""
+    return (
+        Instance.objects.filter(series__study=study)
+        .select_related("series")
+        .order_by(
+            F("series__series_number").asc(nulls_last=True),
+            "series_id",
+            F("instance_number").asc(nulls_last=True),
+            "id",
+        )
+    )

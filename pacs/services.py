@@ -15,6 +15,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from core import audit
+from pacs import journal
 from pacs.dicom_header import HeaderError, InstanceHeader, read_header
 from pacs.models import DicomNode, Instance, Series, Study
 from pacs.storage import FileStorage, default_storage, instance_path
@@ -101,14 +102,7 @@ def ingest_instance(
     before this returns: a caller that answers success after it never loses the instance.
     On any failure nothing stays behind, and IngestError says why.
     """
-    try:
-        header = read_header(encoded, transfer_syntax)
-    except HeaderError as exc:
-        raise IngestError(REASON_UNREADABLE, str(exc)) from exc
-    if context_sop_class and header.sop_class_uid != context_sop_class:
-        raise IngestError(
-            REASON_SOP_CLASS_MISMATCH, "SOPClassUID does not match the presentation context"
-        )
+    header = _checked_header(encoded, transfer_syntax, context_sop_class)
     storage = storage or default_storage()
     cache = cache if cache is not None else AssociationCache()
     policy = settings.DICOM_DUPLICATE_POLICY
@@ -145,6 +139,104 @@ def ingest_instance(
             storage.delete(relative)  # nothing half-written stays behind
         logger.exception("cannot index %s", header.sop_instance_uid)
         raise IngestError(REASON_OUT_OF_RESOURCES, f"cannot index: {type(exc).__name__}") from exc
+
+
+def _checked_header(
+    encoded: bytes, transfer_syntax: str, context_sop_class: str | None
+) -> InstanceHeader:
+    try:
+        header = read_header(encoded, transfer_syntax)
+    except HeaderError as exc:
+        raise IngestError(REASON_UNREADABLE, str(exc)) from exc
+    if context_sop_class and header.sop_class_uid != context_sop_class:
+        raise IngestError(
+            REASON_SOP_CLASS_MISMATCH, "SOPClassUID does not match the presentation context"
+        )
+    return header
+
+
+def receive_instance(
+    encoded: bytes,
+    *,
+    transfer_syntax: str,
+    context_sop_class: str | None = None,
+    calling_ae: str = "",
+    source_address: str = "",
+    cache: AssociationCache | None = None,
+) -> None:
+    """C-STORE's intake: check ENCODED and make it durable before this returns.
+
+    With the intake journal running (the dicomserver), the instance is durable in the
+    journal when this returns and its index row follows a moment later (pacs.journal);
+    without it, this is ingest_instance.
+    """
+    intake = journal.current()
+    if intake is None:
+        ingest_instance(
+            encoded,
+            transfer_syntax=transfer_syntax,
+            context_sop_class=context_sop_class,
+            calling_ae=calling_ae,
+            source_address=source_address,
+            cache=cache,
+        )
+        return
+    header = _checked_header(encoded, transfer_syntax, context_sop_class)
+    if settings.DICOM_DUPLICATE_POLICY == REJECT and _stored(header.sop_instance_uid):
+        raise IngestError(REASON_DUPLICATE, "SOP instance already stored")
+    try:
+        intake.accept(
+            header,
+            [file_meta_bytes(header, transfer_syntax, calling_ae), encoded],
+            transfer_syntax=transfer_syntax,
+            calling_ae=calling_ae,
+            source_address=source_address,
+        )
+    except OSError as exc:
+        logger.exception("cannot journal %s", header.sop_instance_uid)
+        raise IngestError(REASON_OUT_OF_RESOURCES, f"cannot write file: {exc.strerror}") from exc
+
+
+# Study and series rows the indexer thread has looked up (it indexes for every association).
+_INDEXER_CACHE = AssociationCache()
+_INDEXER_CACHE_LIMIT = 10_000
+
+
+def index_journal_entry(entry: journal.Entry, storage: FileStorage) -> None:
+    """Give a journaled instance its place in the archive and its index row (idempotent)."""
+    header = entry.header
+    relative = instance_path(
+        header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+    )
+    replace = settings.DICOM_DUPLICATE_POLICY == REPLACE
+    try:
+        storage.adopt(entry.path, relative, replace=replace)
+    except FileExistsError:
+        if _stored(header.sop_instance_uid) is not None:
+            return  # the same instance again: the stored one is kept
+        storage.adopt(entry.path, relative, replace=True)  # left by a crash before its commit
+    cache = _INDEXER_CACHE
+    if len(cache.series) > _INDEXER_CACHE_LIMIT:
+        cache.studies.clear()
+        cache.series.clear()
+    try:
+        _index(
+            header,
+            relative,
+            entry.size,
+            entry.transfer_syntax,
+            entry.calling_ae,
+            entry.source_address,
+            cache,
+        )
+    except _AlreadyIndexed:
+        return
+    except Exception:
+        cache.studies.clear()
+        cache.series.clear()
+        if _stored(header.sop_instance_uid) is None:
+            storage.delete(relative)  # the journal entry still holds it; retried from there
+        raise
 
 
 class _AlreadyIndexed(Exception):
@@ -434,3 +526,61 @@ def add_node(
 def remove_node(ae_title: str) -> bool:
     deleted, _ = DicomNode.objects.filter(ae_title=ae_title).delete()
     return bool(deleted)
+
+
+def delete_study(
+    study: Study,
+    *,
+    actor: Any,
+    reason: str = "",
+    source_address: str = "",
+    channel: str = audit.Channel.WEB,
+    storage: FileStorage | None = None,
+) -> int:
+    """Delete STUDY from the index, audited, and its files once that has committed.
+
+    ACTOR is the person deleting (a User). Returns the number of instances deleted.
+    The files go only after the commit, so a failed commit never leaves rows pointing
+    at missing files; a crash between the two leaves orphan files, which is harmless.
+    """
+    storage = storage or default_storage()
+    with transaction.atomic():
+        locked = Study.objects.select_for_update().filter(pk=study.pk).first()
+        if locked is None:
+            raise Study.DoesNotExist(f"study {study.pk} is already deleted")
+        files = list(
+            Instance.objects.filter(series__study=locked).values_list("file_path", "file_size")
+        )
+        detail = f"{len(files)} instance(s), {sum(size for _, size in files)} bytes"
+        audit.record(
+            audit.Action.DELETE,
+            locked,
+            actor=actor,
+            channel=channel,
+            source_address=source_address,
+            detail=f"{detail}; reason: {reason.strip()}" if reason.strip() else detail,
+        )
+        Instance.objects.filter(series__study=locked).delete()
+        Series.objects.filter(study=locked).delete()
+        locked.delete()
+        paths = [path for path, _ in files]
+        transaction.on_commit(lambda: _remove_study_files(paths, storage), robust=True)
+    return len(files)
+
+
+def _remove_study_files(paths: list[str], storage: FileStorage) -> None:
+    """Remove the files of a deleted study, sparing any that a new row has taken since."""
+    taken: set[str] = set()
+    for start in range(0, len(paths), 500):
+        taken.update(
+            Instance.objects.filter(file_path__in=paths[start : start + 500]).values_list(
+                "file_path", flat=True
+            )
+        )
+    for path in paths:
+        if path in taken:
+            continue  # the same instance was stored again after the deletion
+        try:
+            storage.delete(path)
+        except OSError:
+            logger.exception("cannot remove %s of a deleted study", path)

@@ -89,6 +89,24 @@ class FileStorage:
             _fsync_directory(parent.parent)
         return size
 
+    def adopt(self, source: Path, relative_path: str, *, replace: bool = False) -> None:
+        """Give the durable file SOURCE (on this filesystem) a second name, RELATIVE_PATH.
+
+        SOURCE keeps its name; the new directory entry is made durable. Without REPLACE an
+        existing file raises FileExistsError and stays as it is.
+        """
+        final = self.path(relative_path)
+        created = self._make_directories(final.parent)
+        if replace:
+            temporary = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"
+            os.link(source, temporary)
+            os.replace(temporary, final)
+        else:
+            os.link(source, final)
+        _fsync_directory(final.parent)
+        for parent in created:
+            _fsync_directory(parent.parent)
+
     def _make_directories(self, directory: Path) -> list[Path]:
         """Create DIRECTORY and its missing parents; return the ones created, deepest last."""
         missing: list[Path] = []

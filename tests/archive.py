@@ -15,6 +15,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from core.dicom_server import build_ae, start
+from pacs import journal
 from pacs.selectors import node_cache
 
 ARCHIVE_AE = "ARCHIVE"
@@ -32,6 +33,9 @@ def running_archive() -> Iterator[int]:
     finally:
         ae.shutdown()
         node_cache.clear()
+        intake = journal.current()
+        if intake is not None:
+            intake.stop()
 
 
 def scu(ae_title: str = SCU_AE) -> AE:
@@ -60,7 +64,14 @@ def store(port: int, datasets: list[Dataset], ae_title: str = SCU_AE) -> list[Da
     contexts = [build_context(sop_class, syntaxes) for sop_class in classes]
     with association(port, contexts, ae_title) as assoc:
         assert assoc.is_established, "association rejected"
-        return [assoc.send_c_store(ds) for ds in datasets]
+        statuses = [assoc.send_c_store(ds) for ds in datasets]
+    flush()
+    return statuses
+
+
+def flush() -> None:
+    """Wait until what the archive acknowledged is indexed too (the intake journal lags)."""
+    assert journal.flush(30), "the archive's indexer did not catch up"
 
 
 def find(

@@ -16,7 +16,7 @@ from pacs.models import Instance, Study
 from pacs.services import add_node
 from tests import dcmtk
 from tests import dicom_factory as make
-from tests.archive import ARCHIVE_AE, running_archive
+from tests.archive import ARCHIVE_AE, flush, running_archive
 from tests.netutil import wait_until
 
 pytestmark = [pytest.mark.dcmtk, pytest.mark.django_db(transaction=True)]
@@ -85,6 +85,7 @@ def _send_study(port: int, folder: Path, count: int = 3, **fields: object) -> li
     run(
         "storescu", "-aet", "MODALITY", "-aec", ARCHIVE_AE, "127.0.0.1", str(port), *map(str, files)
     )
+    flush()
     return files
 
 

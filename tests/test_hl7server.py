@@ -1,4 +1,8 @@
-"""The HL7 MLLP listener over real sockets: framing, ACK addressing, bad input, concurrency."""
+"""The HL7 MLLP listener over real sockets: framing, ACK addressing, bad input, concurrency.
+
+What the messages do once received is in test_hl7_inbound.py; here every message is
+stored, so each test runs against a database the listener's threads can see.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from ris.hl7 import ack, server
 from ris.hl7.mllp import START_BLOCK, FrameDecoder, encode_frame
 from ris.hl7.server import MLLPServer, build_server, respond, start
 from tests.netutil import DEADLINE, LISTENING, manage_py, read_line, stop, subprocess_env
+
+pytestmark = pytest.mark.django_db(transaction=True)
 
 SOCKET_TIMEOUT = 10.0
 
@@ -83,18 +89,14 @@ def hl7_server(settings: Any) -> Iterator[MLLPServer]:
     listener.stop()
 
 
-def test_adt_is_rejected_as_not_yet_supported_with_the_ack_addressed_back(
-    hl7_server: MLLPServer,
-) -> None:
+def test_adt_is_accepted_with_the_ack_addressed_back(hl7_server: MLLPServer) -> None:
     with connect(hl7_server.port) as sock:
         sock.sendall(encode_frame(adt_a01("CTRL-42")))
         [reply] = receive(sock, 1)
 
-    msh, msa, err = fields(reply, "MSH"), fields(reply, "MSA"), fields(reply, "ERR")
-    assert msa[1:3] == [ack.APPLICATION_REJECT, "CTRL-42"]
-    # The component separator is escaped (\S\): the text reads "message type ADT^A01 ...".
-    assert msa[3] == "message type ADT\\S\\A01 not yet supported"
-    assert err[3] == "200^Unsupported message type^HL70357"
+    msh, msa = fields(reply, "MSH"), fields(reply, "MSA")
+    assert msa[1:3] == [ack.APPLICATION_ACCEPT, "CTRL-42"]
+    assert "\rERR" not in reply
     assert msh[1:7] == ["|", "^~\\&", "TESTRIS", "TESTRAD", "HIS", "GENERAL HOSPITAL"]
     assert msh[9] == "ACK^A01^ACK"
     assert msh[10] != "CTRL-42"
@@ -135,7 +137,7 @@ def test_garbage_before_a_frame_is_skipped(hl7_server: MLLPServer) -> None:
     with connect(hl7_server.port) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + encode_frame(adt_a01("AFTER-NOISE")))
         [reply] = receive(sock, 1)
-    assert fields(reply, "MSA")[1:3] == [ack.APPLICATION_REJECT, "AFTER-NOISE"]
+    assert fields(reply, "MSA")[1:3] == [ack.APPLICATION_ACCEPT, "AFTER-NOISE"]
 
 
 def test_frame_without_msh_gets_a_generic_reject_and_the_connection_serves_on(
@@ -175,7 +177,7 @@ def test_ack_uses_the_delimiters_of_the_message(hl7_server: MLLPServer) -> None:
         sock.sendall(encode_frame(adt_a01("HASH-1", separator="#")))
         [reply] = receive(sock, 1)
     assert reply.startswith("MSH#^~\\&#TESTRIS#TESTRAD#HIS#GENERAL HOSPITAL#")
-    assert fields(reply, "MSA")[1:3] == [ack.APPLICATION_REJECT, "HASH-1"]
+    assert fields(reply, "MSA")[1:3] == [ack.APPLICATION_ACCEPT, "HASH-1"]
 
 
 def test_fields_in_another_character_set_are_echoed_byte_for_byte(
@@ -223,7 +225,7 @@ def test_twenty_concurrent_connections_each_get_their_ack(hl7_server: MLLPServer
 def test_oversized_frame_drops_the_connection_but_not_the_server() -> None:
     listener = MLLPServer(
         ("127.0.0.1", 0),
-        lambda content: ack.build_ack(
+        lambda content, peer: ack.build_ack(
             None, ack.APPLICATION_REJECT, "x", sending_application="A", sending_facility="F"
         ).encode(),
         max_frame_size=1000,
@@ -254,11 +256,11 @@ def test_silent_connection_is_closed_after_the_read_timeout(settings: Any) -> No
 def test_a_failure_while_answering_gives_an_application_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def broken(message: str, **kwargs: str) -> str:
-        raise RuntimeError("bug")
+    def broken(content: bytes, **kwargs: str) -> bytes:
+        raise RuntimeError("the database is gone")
 
-    monkeypatch.setattr(server, "_reply", broken)
-    reply = respond(adt_a01("BUG-1"), sending_application="A", sending_facility="F").decode()
+    monkeypatch.setattr(server.inbound, "receive", broken)
+    reply = respond(adt_a01("BUG-1")).decode()
     assert fields(reply, "MSA")[1:3] == [ack.APPLICATION_ERROR, "BUG-1"]
     assert fields(reply, "ERR")[3].startswith(ack.APPLICATION_INTERNAL_ERROR)
 
@@ -270,6 +272,8 @@ def test_escape_uses_the_messages_own_delimiters() -> None:
 
 def test_hl7server_command_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     env = subprocess_env(tmp_path, HL7_SENDING_APPLICATION="CMDTEST")
+    with manage_py("migrate", "--noinput", env=env) as migrate:
+        assert migrate.wait(timeout=120) == 0, migrate.communicate()[1]
     with manage_py("hl7server", "--port", "0", "--bind", "127.0.0.1", env=env) as proc:
         port = int(read_line(proc, LISTENING)["port"])
         with connect(port) as sock:
@@ -277,6 +281,6 @@ def test_hl7server_command_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
             [reply] = receive(sock, 1)
         returncode, stdout, stderr = stop(proc)
     assert fields(reply, "MSH")[3] == "CMDTEST"
-    assert fields(reply, "MSA")[1:3] == [ack.APPLICATION_REJECT, "CMD-1"]
+    assert fields(reply, "MSA")[1:3] == [ack.APPLICATION_ACCEPT, "CMD-1"]
     assert returncode == 0, stderr
     assert "HL7 listener stopped" in stdout

@@ -20,13 +20,27 @@ APPLICATION_REJECT = "AR"
 SEGMENT_SEQUENCE_ERROR = "100"
 REQUIRED_FIELD_MISSING = "101"
 DATA_TYPE_ERROR = "102"
+TABLE_VALUE_NOT_FOUND = "103"
 UNSUPPORTED_MESSAGE_TYPE = "200"
+UNSUPPORTED_EVENT_CODE = "201"
+UNSUPPORTED_PROCESSING_ID = "202"
+UNSUPPORTED_VERSION_ID = "203"
+UNKNOWN_KEY_IDENTIFIER = "204"
+DUPLICATE_KEY_IDENTIFIER = "205"
+APPLICATION_RECORD_LOCKED = "206"
 APPLICATION_INTERNAL_ERROR = "207"
 _ERROR_CONDITIONS = {
     SEGMENT_SEQUENCE_ERROR: "Segment sequence error",
     REQUIRED_FIELD_MISSING: "Required field missing",
     DATA_TYPE_ERROR: "Data type error",
+    TABLE_VALUE_NOT_FOUND: "Table value not found",
     UNSUPPORTED_MESSAGE_TYPE: "Unsupported message type",
+    UNSUPPORTED_EVENT_CODE: "Unsupported event code",
+    UNSUPPORTED_PROCESSING_ID: "Unsupported processing id",
+    UNSUPPORTED_VERSION_ID: "Unsupported version id",
+    UNKNOWN_KEY_IDENTIFIER: "Unknown key identifier",
+    DUPLICATE_KEY_IDENTIFIER: "Duplicate key identifier",
+    APPLICATION_RECORD_LOCKED: "Application record locked",
     APPLICATION_INTERNAL_ERROR: "Application internal error",
 }
 # HL7 table 0516: error severity (ERR-4).
@@ -40,6 +54,21 @@ DEFAULT_PROCESSING_ID = "P"
 SEGMENT_TERMINATOR = "\r"
 # Senders that break segments with LF or CRLF instead of CR are read all the same.
 _SEGMENT_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+@dataclass(frozen=True)
+class ErrorLocation:
+    """Where in a message an error is: ERR-2 (v2.5 ERL), or ERR-1 before v2.5 (ELD)."""
+
+    segment_id: str
+    sequence: int = 1  # which occurrence of the segment, 1-based
+    field: int = 0
+    component: int = 0
+
+    def __str__(self) -> str:
+        if not self.field:
+            return self.segment_id
+        return f"{self.segment_id}-{self.field}" + (f".{self.component}" if self.component else "")
 
 
 class HeaderError(ValueError):
@@ -155,6 +184,11 @@ def new_control_id() -> str:
     return secrets.token_hex(10).upper()
 
 
+def _before_v25(header: MessageHeader | None) -> bool:
+    version = header.version_id.split(header.component_separator)[0] if header else ""
+    return version.startswith(("2.1", "2.2", "2.3", "2.4"))
+
+
 def build_ack(
     header: MessageHeader | None,
     code: str,
@@ -163,6 +197,7 @@ def build_ack(
     sending_application: str,
     sending_facility: str,
     error_code: str | None = None,
+    error_location: ErrorLocation | None = None,
     control_id: str | None = None,
     now: datetime | None = None,
 ) -> str:
@@ -194,9 +229,31 @@ def build_ack(
         separator.join(["MSA", code, header.control_id if header else "", escaped]),
     ]
     if error_code:
-        condition = component.join([error_code, _ERROR_CONDITIONS.get(error_code, ""), "HL70357"])
-        # ERR-3 error code, ERR-4 severity, ERR-8 user message.
+        name = _ERROR_CONDITIONS.get(error_code, "")
+        condition = component.join([error_code, name, "HL70357"])
+        location = ""
+        legacy = ""  # ERR-1, what versions before 2.5 read instead of ERR-2 to ERR-8
+        if error_location is not None:
+            place = [
+                error_location.segment_id,
+                str(error_location.sequence),
+                str(error_location.field or ""),
+            ]
+            location = component.join(
+                [
+                    *place,
+                    "1" if error_location.component else "",
+                    str(error_location.component or ""),
+                ]
+            ).rstrip(component)
+            if _before_v25(header):
+                subcomponent = encoding[3]
+                code = subcomponent.join([error_code, name, "HL70357"])
+                legacy = component.join([*place, code])
+        # ERR-2 location, ERR-3 error code, ERR-4 severity, ERR-8 user message.
         segments.append(
-            separator.join(["ERR", "", "", condition, SEVERITY_ERROR, "", "", "", escaped])
+            separator.join(
+                ["ERR", legacy, location, condition, SEVERITY_ERROR, "", "", "", escaped]
+            )
         )
     return SEGMENT_TERMINATOR.join(segments) + SEGMENT_TERMINATOR

@@ -1,7 +1,8 @@
 """The MLLP listener: one thread per connection, every frame answered with an ACK.
 
-No inbound message type is handled yet: each well-formed message is rejected (AR)
-as not supported, so that the sender holds it rather than believing it delivered.
+Each message is stored and applied by ris.hl7.inbound, and its ACK goes back only after
+that transaction committed. Without a Celery broker the listener also sweeps the outbox
+now and then, as beat does otherwise.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import socketserver
 import sys
 import threading
 from collections.abc import Callable
-from functools import partial
 
 from django.conf import settings
+from django.db import connections
 
 from core.listeners import Writer, format_address, stop_signals
-from ris.hl7 import ack
+from ris.hl7 import ack, inbound
 from ris.hl7.mllp import MAX_FRAME_SIZE, FrameDecoder, FrameTooLarge, encode_frame
 
 logger = logging.getLogger(__name__)
@@ -28,68 +29,29 @@ RECV_SIZE = 64 * 1024
 # How often the accept loop looks for a shutdown request: the most a stop waits.
 SHUTDOWN_POLL_INTERVAL = 0.1
 
-Responder = Callable[[bytes], bytes]
+# Takes the content of one frame and the peer's address; returns the ACK to send back.
+Responder = Callable[[bytes, str], bytes]
 
 
-def _reply(
-    message: str,
-    *,
-    sending_application: str,
-    sending_facility: str,
-) -> str:
-    try:
-        header = ack.parse_header(message)
-    except ack.HeaderError as exc:
-        logger.warning("HL7 message rejected: %s", exc.text)
-        return ack.build_ack(
-            None,
-            ack.APPLICATION_REJECT,
-            exc.text,
-            error_code=exc.error_code,
-            sending_application=sending_application,
-            sending_facility=sending_facility,
-        )
-    code, trigger = header.message_type
-    if not code:
-        text, error_code = "MSH-9 message type is empty", ack.REQUIRED_FIELD_MISSING
-    else:
-        label = f"{code}^{trigger}" if trigger else code
-        text, error_code = f"message type {label} not yet supported", ack.UNSUPPORTED_MESSAGE_TYPE
-    logger.info("HL7 %s (control id %r) rejected: %s", code or "-", header.control_id, text)
-    return ack.build_ack(
-        header,
-        ack.APPLICATION_REJECT,
-        text,
-        error_code=error_code,
-        sending_application=sending_application,
-        sending_facility=sending_facility,
-    )
-
-
-def respond(content: bytes, *, sending_application: str, sending_facility: str) -> bytes:
+def respond(content: bytes, peer: str = "") -> bytes:
     """Return the ACK for the message in one MLLP frame; never raise."""
-    # Latin-1 maps every byte to one character and back, so whatever the message's
-    # character set (MSH-18), the fields echoed in the ACK go back byte for byte.
-    message = content.decode("latin-1")
     try:
-        reply = _reply(
-            message, sending_application=sending_application, sending_facility=sending_facility
-        )
-    except Exception:  # a bug here must cost one message, not the connection
-        logger.exception("HL7 message could not be answered")
+        return inbound.receive(content, peer=peer)
+    except Exception:  # the database is gone, or a bug: this message only, not the connection
+        logger.exception("HL7 message from %s could not be stored or answered", peer or "-")
         try:
-            header: ack.MessageHeader | None = ack.parse_header(message)
+            header: ack.MessageHeader | None = ack.parse_header(content.decode("latin-1"))
         except ack.HeaderError:
             header = None
         reply = ack.build_ack(
             header,
             ack.APPLICATION_ERROR,
-            "internal error",
+            "internal error; send the message again later",
             error_code=ack.APPLICATION_INTERNAL_ERROR,
-            sending_application=sending_application,
-            sending_facility=sending_facility,
+            sending_application=settings.HL7_SENDING_APPLICATION,
+            sending_facility=settings.HL7_SENDING_FACILITY,
         )
-    return reply.encode("latin-1", errors="replace")
+        return reply.encode("latin-1", errors="replace")
 
 
 def _peer(client_address: tuple[str, int] | tuple[str, int, int, int]) -> str:
@@ -108,6 +70,12 @@ class MLLPRequestHandler(socketserver.BaseRequestHandler):
         sock.settimeout(self.server.read_timeout)
         decoder = FrameDecoder(self.server.max_frame_size, peer=peer)
         logger.info("MLLP connection from %s", peer)
+        try:
+            self._serve(sock, decoder, peer)
+        finally:
+            connections.close_all()  # this thread's database connections end with it
+
+    def _serve(self, sock: socket.socket, decoder: FrameDecoder, peer: str) -> None:
         while True:
             try:
                 data = sock.recv(RECV_SIZE)
@@ -129,7 +97,7 @@ class MLLPRequestHandler(socketserver.BaseRequestHandler):
                 frames, too_large = exc.frames, exc
             for frame in frames:
                 try:
-                    sock.sendall(encode_frame(self.server.respond(frame)))
+                    sock.sendall(encode_frame(self.server.respond(frame, peer)))
                 except OSError as exc:
                     logger.info("MLLP %s: cannot send ACK: %s", peer, exc)
                     return
@@ -174,13 +142,32 @@ class MLLPServer(socketserver.ThreadingTCPServer):
 
 
 def build_server(address: str, port: int, *, read_timeout: float = READ_TIMEOUT) -> MLLPServer:
-    """Bind the listener on ADDRESS:PORT (0: any free port), answering as configured."""
-    responder = partial(
-        respond,
-        sending_application=settings.HL7_SENDING_APPLICATION,
-        sending_facility=settings.HL7_SENDING_FACILITY,
-    )
-    return MLLPServer((address, port), responder, read_timeout=read_timeout)
+    """Bind the listener on ADDRESS:PORT (0: any free port)."""
+    return MLLPServer((address, port), respond, read_timeout=read_timeout)
+
+
+class OutboxSweeper(threading.Thread):
+    """Without a broker there is no beat: sweep the outbox every INTERVAL seconds."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(name="hl7-outbox-sweeper", daemon=True)
+        self.interval = interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        from ris.hl7 import outbox
+
+        while not self.stopped.wait(self.interval):
+            try:
+                outbox.sweep()
+            except Exception:  # keep sweeping: the next round may find the database back
+                logger.exception("HL7 outbox sweep failed")
+            finally:
+                connections.close_all()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=self.interval + 30)
 
 
 def _listen(address: str, port: int, read_timeout: float, stdout: Writer | None) -> MLLPServer:
@@ -207,14 +194,23 @@ def start(
     block: bool = True,
     read_timeout: float = READ_TIMEOUT,
     stdout: Writer | None = None,
+    sweep_interval: float | None = None,
 ) -> MLLPServer:
-    """Listen on ADDRESS:PORT; with BLOCK, serve until SIGTERM or SIGINT, then stop."""
+    """Listen on ADDRESS:PORT; with BLOCK, serve until SIGTERM or SIGINT, then stop.
+
+    With SWEEP_INTERVAL, also sweep the outbox that often (for set-ups without beat).
+    """
     if not block:
         return _listen(address, port, read_timeout, stdout)
+    sweeper = OutboxSweeper(sweep_interval) if sweep_interval else None
     with stop_signals() as stop:
         server = _listen(address, port, read_timeout, stdout)
+        if sweeper is not None:
+            sweeper.start()
         try:
             stop.wait()
         finally:
             server.stop()
+            if sweeper is not None:
+                sweeper.stop()
     return server

@@ -37,6 +37,10 @@ class Command(BaseCommand):
                 block=True,
                 read_timeout=options["read_timeout"],
                 stdout=self.stdout,
+                # No broker, no beat: the listener sends what the outbox holds.
+                sweep_interval=(
+                    settings.HL7_OUTBOX_SWEEP_SECONDS if settings.CELERY_TASK_ALWAYS_EAGER else None
+                ),
             )
         except OSError as exc:
             raise CommandError(f"cannot listen on {address}:{port}: {exc}") from exc

@@ -1,0 +1,171 @@
+"""The study browser: search studies, open one, download it as a zip, delete it (administrators).
+
+Who sees what is `selectors.studies_visible_to`; a study a person may not see answers
+404, the same as one that does not exist, and the refusal is audited.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseServerError,
+    StreamingHttpResponse,
+)
+from django.shortcuts import redirect, render
+from django.utils.http import content_disposition_header
+from django.views.decorators.http import require_GET, require_http_methods
+
+from core import audit, roles
+from core.audit import client_address
+from core.permissions import acting_user, can
+from pacs import export, selectors, services
+from pacs.forms import COMMON_MODALITIES, StudyDeleteForm, StudySearchForm
+from pacs.models import Study
+from pacs.storage import default_storage
+
+logger = logging.getLogger(__name__)
+
+PAGE_SIZE = 50
+
+
+def _refuse(request: HttpRequest, what: str, pk: int | None = None) -> NoReturn:
+    audit.record(
+        audit.Action.DENIED,
+        request=request,
+        outcome=audit.Outcome.FAILURE,
+        object_type="pacs.study",
+        object_id=str(pk) if pk is not None else "",
+        detail=what,
+    )
+    raise PermissionDenied(f"You may not {what}.")
+
+
+def _require_browser(request: HttpRequest) -> None:
+    if not selectors.may_browse_studies(request.user):
+        _refuse(request, "browse studies")
+
+
+def _study_for(request: HttpRequest, pk: int) -> Study:
+    """The study PK if this person may see it; else 404, audited when it exists."""
+    study = (
+        selectors.studies_visible_to(request.user)
+        .filter(pk=pk)
+        .select_related("patient", "requested_procedure__order")
+        .first()
+    )
+    if study is None:
+        denied = Study.objects.filter(pk=pk).select_related("patient").first()
+        if denied is not None:
+            audit.record(
+                audit.Action.DENIED, denied, request=request, outcome=audit.Outcome.FAILURE
+            )
+        raise Http404("No such study.")  # the same answer whether it exists or not
+    return study
+
+
+def _may_delete(request: HttpRequest) -> bool:
+    return roles.has_role(request.user, roles.ADMINISTRATOR)
+
+
+@require_GET
+def study_list(request: HttpRequest) -> HttpResponse:
+    _require_browser(request)
+    form = StudySearchForm(request.GET or None)
+    context = {"form": form, "page": None, "modalities": COMMON_MODALITIES}
+    if form.is_bound and not form.is_valid():
+        return render(request, "pacs/study_list.html", context, status=400)
+    search = form.criteria() if form.is_bound else selectors.StudySearch()
+    studies = selectors.studies_visible_to(request.user, search)
+    page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
+    audit.record_query(
+        request, "pacs.study", count=page.paginator.count, criteria=search.described()
+    )
+    return render(request, "pacs/study_list.html", {**context, "page": page})
+
+
+@require_GET
+def study_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    _require_browser(request)
+    study = _study_for(request, pk)
+    series = selectors.study_series(study)
+    audit.record(audit.Action.VIEW, study, request=request)
+    order = study.requested_procedure.order if study.requested_procedure else None
+    context = {
+        "study": study,
+        "series_list": series,
+        "order": order,
+        "may_open_patient": can(request.user, "ris.view_patient", study.patient),
+        "may_open_order": order is not None and can(request.user, "ris.view_order", order),
+        "may_delete": _may_delete(request),
+    }
+    return render(request, "pacs/study_detail.html", context)
+
+
+@require_GET
+def study_download(request: HttpRequest, pk: int) -> HttpResponse | StreamingHttpResponse:
+    """The study's stored files as one zip, streamed while it is written."""
+    _require_browser(request)
+    study = _study_for(request, pk)
+    entries = export.zip_entries(study, selectors.study_instances(study))
+    storage = default_storage()
+    missing = [entry for entry in entries if not storage.exists(entry.relative_path)]
+    if missing:
+        logger.error("study %s: %d stored file(s) missing", study.pk, len(missing))
+        audit.record(
+            audit.Action.EXPORT,
+            study,
+            request=request,
+            outcome=audit.Outcome.FAILURE,
+            detail=f"zip refused: {len(missing)} of {len(entries)} file(s) missing from storage",
+        )
+        return HttpResponseServerError(
+            f"{len(missing)} of this study's files are missing from the archive's storage; "
+            "the download was not started. The administrators have been told in the log.",
+            content_type="text/plain; charset=utf-8",
+        )
+    audit.record(
+        audit.Action.EXPORT,
+        study,
+        request=request,
+        detail=f"zip, {len(entries)} instance(s), {sum(entry.size for entry in entries)} bytes",
+    )
+    response = StreamingHttpResponse(
+        export.stream_zip(entries, storage), content_type="application/zip"
+    )
+    disposition = content_disposition_header(True, f"{export.study_folder(study)}.zip")
+    if disposition:
+        response["Content-Disposition"] = disposition
+    response["Cache-Control"] = "private, no-store"  # patient data: no shared or disk caches
+    return response
+
+
+@require_http_methods(["GET", "POST"])
+def study_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    """Ask to confirm (GET), then delete the study, its series, instances and files (POST)."""
+    if not _may_delete(request):
+        _refuse(request, "delete studies", pk)
+    study = _study_for(request, pk)
+    form = StudyDeleteForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        label = study.accession_number or study.study_instance_uid
+        try:
+            count = services.delete_study(
+                study,
+                actor=acting_user(request),
+                reason=form.cleaned_data["reason"],
+                source_address=client_address(request),
+            )
+        except Study.DoesNotExist as exc:  # deleted by someone else meanwhile
+            raise Http404("No such study.") from exc
+        messages.success(request, f"Study {label} deleted with its {count} instance(s).")
+        return redirect("pacs:study-list")
+    audit.record(audit.Action.VIEW, study, request=request, detail="delete confirmation")
+    return render(request, "pacs/study_confirm_delete.html", {"study": study, "form": form})
