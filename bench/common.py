@@ -95,11 +95,16 @@ def wait_echo(port: int, ae_title: str, timeout: float = 60) -> None:
 
 
 @contextlib.contextmanager
-def running_archive(env: dict[str, str], port: int, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+def running_archive(
+    env: dict[str, str], port: int, *args: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """`manage.py dicomserver` on PORT until the block ends."""
     process = subprocess.Popen(
         [PYTHON, "manage.py", "dicomserver", "--port", str(port), "--bind", "127.0.0.1", *args],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         wait_echo(port, ARCHIVE_AE)

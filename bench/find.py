@@ -22,10 +22,26 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
-FAMILY = ["Smith", "Jones", "Garcia", "Miller", "Davis", "Lopez", "Wilson", "Anderson",
-          "Thomas", "Taylor", "Moore", "Jackson", "Martin", "Lee", "Perez", "Thompson"]
+FAMILY = [
+    "Smith",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Lopez",
+    "Wilson",
+    "Anderson",
+    "Thomas",
+    "Taylor",
+    "Moore",
+    "Jackson",
+    "Martin",
+    "Lee",
+    "Perez",
+    "Thompson",
+]
 GIVEN = ["Alex", "Sam", "Robin", "Kim", "Lee", "Jordan", "Casey", "Morgan", "Taylor", "Jamie"]
 
 
@@ -77,16 +93,24 @@ for start in range(0, {count}, batch):
                    number_of_instances=1) for s, r in zip(studies, rows)])
         Instance.objects.bulk_create([
             Instance(series=se, sop_instance_uid=se.series_instance_uid + ".1",
-                     sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
+                     sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                     transfer_syntax_uid="1.2.840.10008.1.2.1",
                      file_path="none") for se in series])
 from django.db import connection
 if connection.vendor == "postgresql":
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
 """
-    subprocess.run([common.PYTHON, "-c", code], cwd=common.ROOT, check=True,
-                   env={**env, "DJANGO_SETTINGS_MODULE": "config.settings",
-                        "PYTHONPATH": f"{common.ROOT}:{Path(__file__).resolve().parent}"})
+    subprocess.run(
+        [common.PYTHON, "-c", code],
+        cwd=common.ROOT,
+        check=True,
+        env={
+            **env,
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "PYTHONPATH": f"{common.ROOT}:{Path(__file__).resolve().parent}",
+        },
+    )
 
 
 def fill_orthanc(port: int, count: int, folder: Path) -> None:
@@ -103,7 +127,11 @@ def fill_orthanc(port: int, count: int, folder: Path) -> None:
         ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
         ds.PatientName, ds.PatientID = study["patient_name"], study["patient_id"]
         ds.StudyDate = study["study_date"].strftime("%Y%m%d")  # type: ignore[attr-defined]
-        ds.StudyTime, ds.AccessionNumber, ds.Modality = "101500", study["accession"], study["modality"]
+        ds.StudyTime, ds.AccessionNumber, ds.Modality = (
+            "101500",
+            study["accession"],
+            study["modality"],
+        )
         ds.Rows = ds.Columns = 8
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -113,9 +141,19 @@ def fill_orthanc(port: int, count: int, folder: Path) -> None:
         ds.save_as(folder / f"{number:06d}.dcm", enforce_file_format=True)
     files = sorted(str(p) for p in folder.iterdir())
     for start in range(0, len(files), 500):
-        subprocess.run([common.dcmtk("storescu"), "-aec", "ORTHANC", "127.0.0.1", str(port),
-                        *files[start:start + 500]], check=True, capture_output=True,
-                       env=dict(os.environ, TCP_NODELAY="1"))
+        subprocess.run(
+            [
+                common.dcmtk("storescu"),
+                "-aec",
+                "ORTHANC",
+                "127.0.0.1",
+                str(port),
+                *files[start : start + 500],
+            ],
+            check=True,
+            capture_output=True,
+            env=dict(os.environ, TCP_NODELAY="1"),
+        )
 
 
 QUERIES = {
@@ -135,14 +173,40 @@ def time_command(command: list[str]) -> float:
 
 
 def measure(name: str, port: int, ae_title: str, repeat: int) -> None:
-    echo = [time_command([common.dcmtk("echoscu"), "-aec", ae_title, "127.0.0.1", str(port)])
-            for _ in range(repeat)]
-    print(f"{name:8s} echoscu (findscu start-up and association)   median {common.median(echo) * 1000:6.1f} ms")
+    echo = [
+        time_command([common.dcmtk("echoscu"), "-aec", ae_title, "127.0.0.1", str(port)])
+        for _ in range(repeat)
+    ]
+    print(
+        f"{name:8s} {'echoscu (start-up and association)':42s} "
+        f"median {common.median(echo) * 1000:6.1f} ms"
+    )
     for label, keys in QUERIES.items():
-        command = [common.dcmtk("findscu"), "-S", "-aec", ae_title, "-k", "QueryRetrieveLevel=STUDY",
-                   "-k", "StudyInstanceUID", "-k", "PatientName", "-k", "PatientID", "-k", "StudyDate",
-                   "-k", "AccessionNumber", "-k", "ModalitiesInStudy",
-                   "-k", "NumberOfStudyRelatedInstances", *keys, "127.0.0.1", str(port)]
+        command = [
+            common.dcmtk("findscu"),
+            "-S",
+            "-aec",
+            ae_title,
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            "StudyInstanceUID",
+            "-k",
+            "PatientName",
+            "-k",
+            "PatientID",
+            "-k",
+            "StudyDate",
+            "-k",
+            "AccessionNumber",
+            "-k",
+            "ModalitiesInStudy",
+            "-k",
+            "NumberOfStudyRelatedInstances",
+            *keys,
+            "127.0.0.1",
+            str(port),
+        ]
         times = [time_command(command) for _ in range(repeat)]
         print(f"{name:8s} {label:42s} median {common.median(times) * 1000:6.1f} ms")
 

@@ -2,7 +2,8 @@
 """Ingest speed: DCMTK storescu sends a 500-instance 512x512 16-bit CT series to this archive
 and to Orthanc (Debian's package), over one association and over two in parallel.
 
-    TCP_NODELAY=1 BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/x .venv/bin/python bench/ingest.py
+    TCP_NODELAY=1 BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/x \
+        .venv/bin/python bench/ingest.py
 
 Prints instances/s and MB/s for each server and each case. Both servers are durable:
 Orthanc fsyncs each file by default; this archive fsyncs file and folder and commits the
@@ -24,7 +25,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 
 def make_series(folder: Path, count: int, size: int, label: str) -> list[Path]:
@@ -61,9 +62,18 @@ def send(port: int, ae_title: str, batches: list[list[Path]]) -> float:
     started = time.perf_counter()
     processes = [
         subprocess.Popen(
-            [common.dcmtk("storescu"), "-aec", ae_title, "-xe",
-             "127.0.0.1", str(port), *map(str, batch)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                common.dcmtk("storescu"),
+                "-aec",
+                ae_title,
+                "-xe",
+                "127.0.0.1",
+                str(port),
+                *map(str, batch),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         for batch in batches
     ]
@@ -76,8 +86,11 @@ def send(port: int, ae_title: str, batches: list[list[Path]]) -> float:
 
 def report(name: str, case: str, count: int, megabytes: float, seconds: float) -> dict[str, float]:
     rate = count / seconds
-    print(f"{name:10s} {case:16s} {count:5d} instances {seconds:7.2f} s "
-          f"{rate:8.1f} instances/s {megabytes / seconds:8.1f} MB/s", flush=True)
+    print(
+        f"{name:10s} {case:16s} {count:5d} instances {seconds:7.2f} s "
+        f"{rate:8.1f} instances/s {megabytes / seconds:8.1f} MB/s",
+        flush=True,
+    )
     return {"rate": rate}
 
 
@@ -86,7 +99,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--skip-orthanc", action="store_true")
-    parser.add_argument("--server-args", default="", help="extra arguments for manage.py dicomserver")
+    parser.add_argument(
+        "--server-args", default="", help="extra arguments for manage.py dicomserver"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
@@ -95,26 +110,44 @@ def main() -> None:
     megabytes = sum(p.stat().st_size for p in one) / 1e6
     halves = [two[: len(two) // 2], two[len(two) // 2 :]]
     results: dict[str, dict[str, float]] = {}
-    print(f"{args.count} CT instances of {args.size}x{args.size}x16 bit, {megabytes:.1f} MB a series")
+    print(
+        f"{args.count} CT instances of {args.size}x{args.size}x16 bit, {megabytes:.1f} MB a series"
+    )
 
     database = common.scratch_database("rispacs_bench_ingest")
     env = common.archive_env(database, work / "archive" / "storage")
     common.migrate(env)
     port = common.free_port()
     with common.running_archive(env, port, *args.server_args.split()):
-        results["archive 1"] = report("archive", "1 association", args.count, megabytes,
-                                      send(port, common.ARCHIVE_AE, [one]))
-        results["archive 2"] = report("archive", "2 associations", args.count, megabytes,
-                                      send(port, common.ARCHIVE_AE, halves))
+        results["archive 1"] = report(
+            "archive", "1 association", args.count, megabytes, send(port, common.ARCHIVE_AE, [one])
+        )
+        results["archive 2"] = report(
+            "archive",
+            "2 associations",
+            args.count,
+            megabytes,
+            send(port, common.ARCHIVE_AE, halves),
+        )
 
     if not args.skip_orthanc:
         orthanc = common.orthanc_peer_module()
         dicom_port, http_port = common.free_port(), common.free_port()
         with orthanc.peer(dicom_port, http_port):
-            results["orthanc 1"] = report("orthanc", "1 association", args.count, megabytes,
-                                          send(dicom_port, "ORTHANC", [one]))
-            results["orthanc 2"] = report("orthanc", "2 associations", args.count, megabytes,
-                                          send(dicom_port, "ORTHANC", halves))
+            results["orthanc 1"] = report(
+                "orthanc",
+                "1 association",
+                args.count,
+                megabytes,
+                send(dicom_port, "ORTHANC", [one]),
+            )
+            results["orthanc 2"] = report(
+                "orthanc",
+                "2 associations",
+                args.count,
+                megabytes,
+                send(dicom_port, "ORTHANC", halves),
+            )
         for case in ("1", "2"):
             ratio = results[f"archive {case}"]["rate"] / results[f"orthanc {case}"]["rate"]
             print(f"ratio archive/orthanc over {case} association(s): {ratio:.2f}")
