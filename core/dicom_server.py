@@ -124,11 +124,37 @@ def build_ae(ae_title: str | None = None) -> ArchiveAE:
         (evt.EVT_RELEASED, _log_released),
         (evt.EVT_ABORTED, _log_aborted),
     ]
+    routes: dict[Any, dict[str, Callable[[Event], Any]]] = {}
     for service in load_services(list(settings.DICOM_SERVICES)):
-        ae.evt_handlers.extend(service(ae))
+        before = {str(context.abstract_syntax) for context in ae.supported_contexts}
+        handlers = service(ae)
+        added = {str(context.abstract_syntax) for context in ae.supported_contexts} - before
+        for handler in handlers:
+            event = handler[0]
+            if event.is_intervention:
+                # pynetdicom binds one handler per intervention event (C-FIND, N-ACTION ...):
+                # several services sharing one are routed by the SOP class they added.
+                route_to: Callable[[Event], Any] = handler[1]
+                routes.setdefault(event, {}).update(dict.fromkeys(added, route_to))
+            else:
+                ae.evt_handlers.append(handler)
+    for event, by_sop_class in routes.items():
+        ae.evt_handlers.append((event, _router(event, by_sop_class)))
     if not ae.supported_contexts:
         raise ImproperlyConfigured("DICOM_SERVICES added no presentation contexts")
     return ae
+
+
+def _router(event: Any, by_sop_class: dict[str, Callable[[Event], Any]]) -> Callable[[Event], Any]:
+    handlers = set(by_sop_class.values())
+    if len(handlers) == 1:
+        return handlers.pop()
+
+    def route(request: Event) -> Any:
+        return by_sop_class[str(request.context.abstract_syntax)](request)
+
+    route.__name__ = f"route_{event.name}"
+    return route
 
 
 def _listen(

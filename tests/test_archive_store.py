@@ -153,3 +153,17 @@ def test_garbage_on_the_socket_does_not_stop_the_server(archive: int) -> None:
         with socket.create_connection(("127.0.0.1", archive), timeout=10) as sock:
             sock.sendall(payload)
     assert store(archive, [make.ct_instance()])[0].Status == STATUS_SUCCESS
+
+
+@pytest.mark.parametrize("cut", [10, 200, 400])
+def test_a_truncated_dataset_is_refused_with_a_reason(cut: int) -> None:
+    from pacs.services import REASON_UNREADABLE, IngestError, ingest_instance
+
+    ds = make.ct_instance()
+    encoded = make.encoded(ds)
+    with pytest.raises(IngestError) as refused:
+        ingest_instance(encoded[:cut], transfer_syntax=str(ds.file_meta.TransferSyntaxUID))
+    assert refused.value.reason == REASON_UNREADABLE
+    assert refused.value.comment
+    assert Instance.objects.count() == 0
+    assert not list(Path(settings.STORAGE_DIR).rglob("*.dcm"))

@@ -8,7 +8,7 @@ with a named status.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, cast
 
 from django.db import close_old_connections, connections
@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import evt
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.dimse_primitives import N_CREATE, N_SET
-from pynetdicom.events import Event, InterventionEvent
+from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at import
     ModalityPerformedProcedureStep,
     ModalityWorklistInformationFind,
@@ -142,35 +142,11 @@ def _audit_query(
     )
 
 
-def _dispatching(
-    ae: ApplicationEntity,
-    event: InterventionEvent,
-    handler: Callable[[Event], Any],
-    sop_class: str,
-) -> EventHandler:
-    """Bind HANDLER for SOP_CLASS, and pass requests of other SOP classes to the handler
-    another service bound for EVENT before: pynetdicom keeps one handler per intervention
-    event, and the archive's C-FIND shares EVT_C_FIND with the worklist's."""
-    bound: list[EventHandler] = getattr(ae, "evt_handlers", [])
-    earlier = [entry for entry in bound if entry[0] is event]
-    for entry in earlier:
-        bound.remove(entry)
-    other = earlier[-1] if earlier else None
-
-    def dispatch(request_event: Event) -> Any:
-        if other is None or request_event.context.abstract_syntax == sop_class:
-            return handler(request_event)
-        return other[1](request_event, *(other[2] if len(other) > 2 else ()))
-
-    dispatch.__doc__ = handler.__doc__
-    return (event, dispatch)
-
-
 def worklist_service(ae: ApplicationEntity) -> list[EventHandler]:
     """Offer the Modality Worklist Information Model - FIND SOP Class as SCP (PS3.4 K.6.1)."""
     ae.add_supported_context(ModalityWorklistInformationFind)
     return [
-        _dispatching(ae, evt.EVT_C_FIND, handle_worklist_find, ModalityWorklistInformationFind),
+        (evt.EVT_C_FIND, handle_worklist_find),
         (evt.EVT_RELEASED, _release_database),
         (evt.EVT_ABORTED, _release_database),
     ]
@@ -239,8 +215,8 @@ def mpps_service(ae: ApplicationEntity) -> list[EventHandler]:
     """Offer the Modality Performed Procedure Step SOP Class as SCP (PS3.4 F.7)."""
     ae.add_supported_context(ModalityPerformedProcedureStep)
     return [
-        _dispatching(ae, evt.EVT_N_CREATE, handle_mpps_create, ModalityPerformedProcedureStep),
-        _dispatching(ae, evt.EVT_N_SET, handle_mpps_set, ModalityPerformedProcedureStep),
+        (evt.EVT_N_CREATE, handle_mpps_create),
+        (evt.EVT_N_SET, handle_mpps_set),
         (evt.EVT_RELEASED, _release_database),
         (evt.EVT_ABORTED, _release_database),
     ]

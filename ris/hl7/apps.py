@@ -9,4 +9,4 @@ class HL7Config(AppConfig):
     verbose_name = "HL7 v2 interface: messages in and out, destinations"
 
     def ready(self) -> None:
-        from ris.hl7 import receivers  # noqa: F401  (connects to ris's signals)
+        import ris.hl7.receivers  # noqa: F401  (connects to ris's signals)
