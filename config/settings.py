@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -189,6 +190,9 @@ DICOM_DEFAULT_ISSUER = env_str("DICOM_DEFAULT_ISSUER", "LOCAL") or "LOCAL"
 DICOM_INTAKE_JOURNAL = env_bool("DICOM_INTAKE_JOURNAL", True)
 # Serve associations with core.dicom_reactor's waking loops (off: pynetdicom's polling ones).
 DICOM_TUNED_TRANSPORT = env_bool("DICOM_TUNED_TRANSPORT", True)
+# Listener processes sharing DICOM_PORT (SO_REUSEPORT): Python runs one thread at a time,
+# so each core needs a process of its own. Default: one per core, at most four.
+DICOM_PROCESSES = env_int("DICOM_PROCESSES", min(os.cpu_count() or 1, 4), minimum=1)
 # How many associations the DICOM listener serves at once.
 DICOM_MAX_ASSOCIATIONS = env_int("DICOM_MAX_ASSOCIATIONS", 32, minimum=1)
 HL7_PORT = env_int("HL7_PORT", 2575, minimum=0, maximum=65535)

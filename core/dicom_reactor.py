@@ -165,9 +165,20 @@ class _SharedContexts(list):  # type: ignore[type-arg]
 
 
 class FastAssociationServer(ThreadedAssociationServer):
-    """The threaded association server, with the waking request handler."""
+    """The threaded association server, with the waking request handler.
+
+    With `reuse_port`, several processes listen on one port (SO_REUSEPORT) and the kernel
+    spreads associations over them: each process has its own interpreter lock and core.
+    """
+
+    reuse_port = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["request_handler"] = FastRequestHandler
         super().__init__(*args, **kwargs)
         self.contexts = _SharedContexts(self.contexts)
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # type: ignore[union-attr]
+        super().server_bind()

@@ -49,6 +49,7 @@ class ArchiveAE(ApplicationEntity):
     def __init__(self, ae_title: str) -> None:
         super().__init__(ae_title=ae_title)
         self.evt_handlers: list[EventHandler] = []
+        self.reuse_port = False  # one of several processes listening on the same port
         self.calling_ae_titles: Callable[[], list[str] | None] | None = None
 
     @property  # type: ignore[override]
@@ -68,8 +69,12 @@ class ArchiveAE(ApplicationEntity):
     def make_server(self, address: Any, *args: Any, **kwargs: Any) -> Any:
         """Serve with core.dicom_reactor's waking loops, unless DICOM_TUNED_TRANSPORT is off."""
         if settings.DICOM_TUNED_TRANSPORT:
-            kwargs["server_class"] = FastAssociationServer
+            kwargs["server_class"] = _SharedPortServer if self.reuse_port else FastAssociationServer
         return super().make_server(address, *args, **kwargs)
+
+
+class _SharedPortServer(FastAssociationServer):
+    reuse_port = True
 
 
 def validate_ae_title(value: str) -> str:

@@ -149,3 +149,32 @@ def test_dicomserver_command_answers_echo_and_stops_on_sigterm(tmp_path: Path) -
     assert status == STATUS_SUCCESS
     assert returncode == 0, stderr
     assert "DICOM listener stopped" in stdout
+
+
+def test_several_processes_share_the_port_and_stop_together(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a free port, for the workers to share
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = subprocess_env(tmp_path, DICOM_SERVICES="pacs.dimse.verification_service")
+    args = [
+        "dicomserver",
+        "--processes",
+        "2",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--ae-title",
+        "SHAREDSCP",
+    ]
+    with manage_py(*args, env=env) as supervisor:
+        statuses = [
+            wait_until(lambda: echo(port, "SHAREDSCP"), what="C-ECHO to the worker processes")
+            for _ in range(6)
+        ]
+        returncode, stdout, _ = stop(supervisor)
+    assert statuses == [STATUS_SUCCESS] * 6
+    assert returncode == 0
+    assert "2 processes" in stdout and "stopped" in stdout
+    with socket.socket() as again:  # every worker is gone: the port is free
+        again.bind(("127.0.0.1", port))

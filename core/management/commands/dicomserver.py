@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import argparse
+import signal
+import subprocess
+import sys
+import time
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.dicom_server import build_ae, start, validate_ae_title
+from core.listeners import stop_signals
+
+# A worker process that dies is started again after this many seconds.
+RESTART_DELAY = 1.0
 
 
 class Command(BaseCommand):
@@ -17,6 +26,13 @@ class Command(BaseCommand):
         )
         parser.add_argument("--ae-title", default=None, help="AE title (default DICOM_AE_TITLE)")
         parser.add_argument("--bind", default=None, help="address (default DICOM_BIND_ADDRESS)")
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=None,
+            help="listener processes sharing the port (default DICOM_PROCESSES; 1 with --port 0)",
+        )
+        parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
         port = settings.DICOM_PORT if options["port"] is None else options["port"]
@@ -27,9 +43,48 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(f"--ae-title: {exc}") from exc
         address = options["bind"] or settings.DICOM_BIND_ADDRESS
+        processes = options["processes"] or settings.DICOM_PROCESSES
+        if processes < 1:
+            raise CommandError("--processes must be at least 1")
+        if processes > 1 and port != 0 and not options["worker"]:
+            self._supervise(processes, address, port, ae_title)
+            return
         ae = build_ae(ae_title)
+        ae.reuse_port = options["worker"]
         try:
             start(ae, address, port, block=True, stdout=self.stdout)
         except OSError as exc:
             raise CommandError(f"cannot listen on {address}:{port}: {exc}") from exc
+        self.stdout.write("DICOM listener stopped")
+
+    def _supervise(self, count: int, address: str, port: int, ae_title: str) -> None:
+        """Run COUNT listener processes on one port, restart one that dies, stop all on a signal."""
+        command = [
+            sys.executable,
+            sys.argv[0],
+            "dicomserver",
+            "--worker",
+            "--port",
+            str(port),
+            "--bind",
+            address,
+            "--ae-title",
+            ae_title,
+        ]
+        with stop_signals() as stop:
+            workers = [subprocess.Popen(command) for _ in range(count)]  # noqa: S603
+            self.stdout.write(f"DICOM supervisor: {count} processes on {address}:{port}")
+            while not stop.wait(0.5):
+                for index, worker in enumerate(workers):
+                    if worker.poll() is not None:
+                        self.stderr.write(
+                            f"DICOM process {worker.pid} exited ({worker.returncode}); restarting"
+                        )
+                        time.sleep(RESTART_DELAY)
+                        workers[index] = subprocess.Popen(command)  # noqa: S603
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.send_signal(signal.SIGTERM)
+            for worker in workers:
+                worker.wait(timeout=60)
         self.stdout.write("DICOM listener stopped")
