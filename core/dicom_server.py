@@ -8,7 +8,6 @@ presentation contexts to it and return their event handlers.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +21,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from core.dicom_reactor import FastAssociationServer
 from core.dicom_values import is_valid_ae_title
-from core.listeners import Writer, format_address, stop_signals
+from core.listeners import Writer, announce, format_address, stop_signals
 
 logger = logging.getLogger(__name__)
 
@@ -168,11 +167,9 @@ def _listen(
     server = ae.start_server((address, port), block=False, evt_handlers=ae.evt_handlers)
     assert server is not None  # start_server(block=False) always returns the server
     host, bound_port = server.server_address[:2]
-    line = f"DICOM listening on {format_address(str(host), int(bound_port))} as {ae.ae_title}"
-    logger.info("%s", line)
-    out = stdout or sys.stdout
-    out.write(line + "\n")
-    out.flush()
+    announce(
+        f"DICOM listening on {format_address(str(host), int(bound_port))} as {ae.ae_title}", stdout
+    )
     return server
 
 

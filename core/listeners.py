@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,3 +42,11 @@ def stop_signals() -> Iterator[threading.Event]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def announce(line: str, stdout: Writer | None) -> None:
+    """Log LINE and print it, flushed: scripts and tests wait for a listener's line."""
+    logger.info("%s", line)
+    out = stdout or sys.stdout
+    out.write(line + "\n")
+    out.flush()

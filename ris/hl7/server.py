@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
-import sys
 import threading
 from collections.abc import Callable
 
 from django.conf import settings
 from django.db import connections
 
-from core.listeners import Writer, format_address, stop_signals
+from core.listeners import Writer, announce, format_address, stop_signals
 from ris.hl7 import ack, inbound
 from ris.hl7.mllp import MAX_FRAME_SIZE, FrameDecoder, FrameTooLarge, encode_frame
 
@@ -179,11 +178,8 @@ def _listen(address: str, port: int, read_timeout: float, stdout: Writer | None)
         daemon=True,
     )
     thread.start()
-    line = f"HL7 MLLP listening on {format_address(str(server.server_address[0]), server.port)}"
-    logger.info("%s", line)
-    out = stdout or sys.stdout
-    out.write(line + "\n")
-    out.flush()
+    address = format_address(str(server.server_address[0]), server.port)
+    announce(f"HL7 MLLP listening on {address}", stdout)
     return server
 
 
