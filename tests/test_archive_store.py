@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,47 @@ def test_a_truncated_dataset_is_refused_with_a_reason(cut: int) -> None:
     assert refused.value.comment
     assert Instance.objects.count() == 0
     assert not list(Path(settings.STORAGE_DIR).rglob("*.dcm"))
+
+
+def test_malformed_p_data_inside_an_association_aborts_only_that_one(archive: int) -> None:
+    context = build_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
+    with association(archive, [context]) as assoc:
+        assert assoc.is_established
+        # A P-DATA-TF PDU whose PDV item claims more bytes than the PDU holds.
+        garbage = b"\x04\x00\x00\x00\x00\x0a" + b"\x00\x00\x00\xff\x01\x03" + b"\xde\xad\xbe\xef"
+        assoc.dul.socket.socket.sendall(garbage)
+        deadline = time.monotonic() + 20
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not assoc.is_established  # the archive aborted it
+    assert store(archive, [make.ct_instance()])[0].Status == STATUS_SUCCESS
+
+
+def test_a_truncated_dataset_over_the_network_gets_a_failure_status(archive: int) -> None:
+    from io import BytesIO
+
+    from pynetdicom.dimse_primitives import C_STORE
+
+    ds = make.ct_instance()
+    context = build_context(ds.SOPClassUID, [str(ds.file_meta.TransferSyntaxUID)])
+    with association(archive, [context]) as assoc:
+        request = C_STORE()
+        request.MessageID = 1
+        request.AffectedSOPClassUID = ds.SOPClassUID
+        request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+        request.Priority = 2
+        request.DataSet = BytesIO(make.encoded(ds)[:300])  # cut inside an element
+        context_id = assoc.accepted_contexts[0].context_id
+        # Pause the requestor's own reactor so that the response comes to us (as send_* do).
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.001)
+        try:
+            assoc.dimse.send_msg(request, context_id)
+            _, response = assoc.dimse.get_msg(block=True)
+        finally:
+            assoc._reactor_checkpoint.set()
+        assert response.Status == 0xC000
+        assert response.ErrorComment
+    assert store(archive, [make.ct_instance()])[0].Status == STATUS_SUCCESS
+    assert Instance.objects.count() == 1
