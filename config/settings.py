@@ -156,6 +156,10 @@ REST_FRAMEWORK = {
 # The archive: files on local disk under STORAGE_DIR.
 STORAGE_DIR = Path(env_str("STORAGE_DIR", str(VAR_DIR / "storage")) or VAR_DIR / "storage")
 
+# DICOMweb: browser origins (scheme://host[:port]) allowed to call /dicomweb/ from their
+# pages (CORS), e.g. a viewer served elsewhere; none by default.
+DICOMWEB_CORS_ORIGINS = env_list("DICOMWEB_CORS_ORIGINS", [])
+
 # Network listeners.
 WEB_PORT = env_int("WEB_PORT", 8000, minimum=1, maximum=65535)
 DICOM_AE_TITLE = env_ae_title("DICOM_AE_TITLE", "RISPACS")
@@ -185,6 +189,9 @@ if DICOM_DUPLICATE_POLICY not in ("keep", "replace", "reject"):
     raise ImproperlyConfigured("DICOM_DUPLICATE_POLICY must be keep, replace or reject")
 # The assigning authority of a Patient ID received without Issuer of Patient ID.
 DICOM_DEFAULT_ISSUER = env_str("DICOM_DEFAULT_ISSUER", "LOCAL") or "LOCAL"
+# Reconciliation: seconds a study coerced at ingest waits (its instances still arriving)
+# before its stored headers are rewritten to the RIS values by the beat sweep.
+RECONCILIATION_REWRITE_DELAY = env_int("RECONCILIATION_REWRITE_DELAY", 300, minimum=0)
 # C-STORE acknowledges once the instance is durable in the intake journal; the index row
 # follows from a background thread (pacs.journal). Off: index before acknowledging.
 DICOM_INTAKE_JOURNAL = env_bool("DICOM_INTAKE_JOURNAL", True)
@@ -251,6 +258,11 @@ CELERY_BEAT_SCHEDULE = {
     # Storage Commitment results not sent yet (a lost task, a node that was away).
     "commitment-report-sweep": {
         "task": "pacs.tasks.sweep_commitment_reports",
+        "schedule": 60.0,
+    },
+    # Stored headers to rewrite after reconciliation (coerced at ingest, or a lost task).
+    "header-rewrite-sweep": {
+        "task": "pacs.tasks.sweep_header_rewrites",
         "schedule": 60.0,
     },
 }

@@ -21,6 +21,7 @@ urlpatterns = [
     path("ris/", include("ris.urls")),
     path("hl7/", include("ris.hl7.urls")),
     path("pacs/", include("pacs.urls")),
+    path("dicomweb/", include("pacs.dicomweb.urls")),
     path("reporting/", include("reporting.urls")),
     path("api/", include(router.urls)),
     path("admin/", admin.site.urls),

@@ -51,6 +51,7 @@ NAV_ITEMS = (
             roles.PATIENT,
         ),
     ),
+    NavItem("Reconciliation", "pacs:reconciliation-list", (roles.FRONT_DESK, roles.ADMINISTRATOR)),
     NavItem("Audit trail", "core:audit-list", (roles.ADMINISTRATOR,)),
     NavItem("HL7", "hl7:message-list", (roles.ADMINISTRATOR,)),
     NavItem("Admin", "admin:index", (roles.ADMINISTRATOR,), staff_only=True),

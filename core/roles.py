@@ -58,6 +58,7 @@ ROLES: dict[str, Role] = {
             *_crud("ris", "order", "add", "change"),
             *_crud("ris", "requestedprocedure", "add", "change"),
             *_crud("ris", "scheduledprocedurestep", "add", "change"),
+            *_crud("pacs", "reconciliationitem", "view", "change"),
         ),
     ),
     TECHNOLOGIST: Role(
@@ -104,6 +105,7 @@ ROLES: dict[str, Role] = {
             *_crud("pacs", "study", "view"),
             *_crud("pacs", "dicomnode", "view", "add", "change", "delete"),
             *_crud("pacs", "storagecommitment", "view"),
+            *_crud("pacs", "reconciliationitem", "view", "change"),
             *_crud("reporting", "report", "view"),
             *_crud("auth", "user", "view", "add", "change"),
             # The HL7 interface page: the message log, re-processing, the outbox.

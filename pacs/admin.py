@@ -5,7 +5,15 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from pacs import commitment
-from pacs.models import DicomNode, Instance, Series, StorageCommitment, Study
+from pacs.models import (
+    DicomNode,
+    HeaderRewrite,
+    Instance,
+    ReconciliationItem,
+    Series,
+    StorageCommitment,
+    Study,
+)
 
 
 @admin.register(Study)
@@ -103,3 +111,24 @@ class DicomNodeAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     ]
     list_filter = ["may_store", "may_query", "may_retrieve"]
     search_fields = ["ae_title", "host", "description"]
+
+
+@admin.register(ReconciliationItem)
+class ReconciliationItemAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Read-mostly: resolving goes through the reconciliation page (it rewrites headers)."""
+
+    list_display = ["study", "reason", "status", "resolution", "created_at", "resolved_by"]
+    list_filter = ["status", "reason"]
+    raw_id_fields = ["study", "requested_procedure", "resolved_by"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(HeaderRewrite)
+class HeaderRewriteAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["study", "reason", "due_at", "requested_at"]
+    raw_id_fields = ["study"]

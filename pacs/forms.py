@@ -8,6 +8,7 @@ from typing import Any
 from django import forms
 
 from pacs.selectors import StudySearch
+from ris.models import ProcedureType
 
 # Modality (0008,0060) is CS: upper-case letters, digits, space and underscore (PS3.5 6.2).
 _MODALITY = re.compile(r"^[A-Z0-9_ ]{1,16}$")
@@ -57,3 +58,29 @@ class StudyDeleteForm(forms.Form):
     reason = forms.CharField(
         required=False, max_length=200, label="Reason (kept in the audit trail)"
     )
+
+
+# The reconciliation queue's actions.
+
+
+class LinkOrderForm(forms.Form):
+    accession_number = forms.CharField(max_length=16, label="Accession number of the order")
+
+    def clean_accession_number(self) -> str:
+        return str(self.cleaned_data["accession_number"]).strip()
+
+
+class AssignPatientForm(forms.Form):
+    patient_id = forms.CharField(max_length=64, label="Patient ID")
+    issuer = forms.CharField(max_length=64, label="Issuer")
+
+
+class UnscheduledForm(forms.Form):
+    procedure_type = forms.ModelChoiceField(
+        queryset=ProcedureType.objects.filter(active=True).order_by("code"),
+        label="Procedure performed",
+    )
+
+
+class RejectForm(forms.Form):
+    reason = forms.CharField(max_length=200, label="Reason (kept in the audit trail)")

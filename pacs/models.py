@@ -176,3 +176,74 @@ class StorageCommitment(models.Model):
 
     def __str__(self) -> str:
         return f"Storage commitment {self.transaction_uid} from {self.calling_ae_title}"
+
+
+class ReconciliationItem(models.Model):
+    """A received study that could not be matched to its order, waiting for a person."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "open"
+        RESOLVED = "resolved", "resolved"
+        REJECTED = "rejected", "rejected"
+
+    class Reason(models.TextChoices):
+        NO_ORDER = "no-order", "no order found"
+        PATIENT_MISMATCH = "patient-mismatch", "patient identity differs from the order's"
+        SERIES_MISMATCH = "series-mismatch", "a later series names another patient"
+        ORDER_CANCELLED = "order-cancelled", "the order found is cancelled"
+
+    class Resolution(models.TextChoices):
+        LINKED = "linked", "linked to an order"
+        ASSIGNED = "assigned", "assigned to another patient"
+        UNSCHEDULED = "unscheduled", "marked unscheduled (order created)"
+        REJECTED = "rejected", "rejected"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="reconciliation_items")
+    # The order found by Study Instance UID or accession, when one was found.
+    requested_procedure = models.ForeignKey(
+        RequestedProcedure, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.CharField(max_length=24, choices=Reason.choices)
+    detail = models.TextField(blank=True)
+    # Both sides attribute by attribute, as DICOM strings: {"PatientID": ..., ...}.
+    received = models.JSONField(default=dict)
+    expected = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
+    resolution = models.CharField(max_length=16, choices=Resolution.choices, blank=True)
+    resolved_by = models.ForeignKey(
+        "auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    # The study as it was before the resolution (patient, order, identity), for undo.
+    before = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study"],
+                condition=models.Q(status="open"),
+                name="reconciliation_one_open_item_per_study",
+            )
+        ]
+        indexes = [models.Index(fields=["status", "created_at"], name="reconciliation_queue")]
+
+    def __str__(self) -> str:
+        return f"Reconciliation of study {self.study_id}: {self.reason}"
+
+    def audit_patient(self) -> Patient:
+        return self.study.patient
+
+
+class HeaderRewrite(models.Model):
+    """A study whose stored headers are to be rewritten from its index copies (due at DUE_AT)."""
+
+    study = models.OneToOneField(Study, on_delete=models.CASCADE, related_name="header_rewrite")
+    # ReasonForTheAttributeModification (0400,0565): COERCE or CORRECT (PS3.3 C.12.1).
+    reason = models.CharField(max_length=16, default="COERCE")
+    due_at = models.DateTimeField(db_index=True)
+    requested_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Header rewrite of study {self.study_id} ({self.reason})"

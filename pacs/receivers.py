@@ -7,7 +7,8 @@ from typing import Any
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from pacs.models import DicomNode, Study
+from pacs import reconciliation
+from pacs.models import DicomNode
 from pacs.selectors import node_cache
 from ris.models import Patient
 from ris.signals import patients_merged
@@ -17,7 +18,8 @@ from ris.signals import patients_merged
 def move_studies_of_merged_patient(
     sender: Any, survivor: Patient, merged: Patient, **kwargs: Any
 ) -> None:
-    Study.objects.filter(patient=merged).update(patient=survivor)
+    """Studies of MERGED answer with SURVIVOR's identity at once; their files follow (a task)."""
+    reconciliation.follow_merge(survivor, merged)
 
 
 @receiver(post_save, sender=DicomNode)

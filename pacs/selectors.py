@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from core import roles
 from core.permissions import can
 from pacs.lookups import wildcard_to_like
-from pacs.models import DicomNode, Instance, Series, Study
+from pacs.models import DicomNode, Instance, ReconciliationItem, Series, Study
 from ris.models import Order, Patient, RequestedProcedure
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
@@ -476,3 +476,16 @@ def study_instances(study: Study) -> QuerySet[Instance]:
             "id",
         )
     )
+
+
+def reconciliation_queue(status: str = "open") -> QuerySet[ReconciliationItem]:
+    """Reconciliation items in STATUS, oldest first, with what the list shows (no N+1)."""
+    return (
+        ReconciliationItem.objects.filter(status=status)
+        .select_related("study", "requested_procedure__order__patient", "resolved_by")
+        .order_by("created_at", "id")
+    )
+
+
+def may_reconcile(user: Any) -> bool:
+    return can(user, "pacs.change_reconciliationitem")

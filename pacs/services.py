@@ -15,7 +15,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from core import audit
-from pacs import journal
+from pacs import journal, reconciliation
 from pacs.dicom_header import HeaderError, InstanceHeader, read_header
 from pacs.models import DicomNode, Instance, Series, Study
 from pacs.storage import FileStorage, default_storage, instance_path
@@ -298,10 +298,12 @@ def _patient_for(header: InstanceHeader, calling_ae: str, source_address: str) -
 
 def _study_for(
     header: InstanceHeader, calling_ae: str, source_address: str, cache: AssociationCache
-) -> tuple[int, int]:
+) -> tuple[int, int, bool]:
+    """(study id, patient id, whether the row was created now)."""
     cached = cache.studies.get(header.study_instance_uid)
     if cached is not None:
-        return cached
+        return (*cached, False)
+    created = False
     row = (
         Study.objects.filter(study_instance_uid=header.study_instance_uid)
         .values_list("pk", "patient_id")
@@ -309,7 +311,7 @@ def _study_for(
     )
     if row is None:
         patient = _patient_for(header, calling_ae, source_address)
-        study, _ = Study.objects.get_or_create(
+        study, created = Study.objects.get_or_create(
             study_instance_uid=header.study_instance_uid,
             defaults={
                 "patient": patient,
@@ -330,15 +332,17 @@ def _study_for(
         )
         row = (study.pk, study.patient_id)
     cache.studies[header.study_instance_uid] = row
-    return row
+    return (*row, created)
 
 
 def _series_for(
     header: InstanceHeader, study_id: int, calling_ae: str, cache: AssociationCache
-) -> int:
+) -> tuple[int, bool]:
+    """(series id, whether the row was created now)."""
     cached = cache.series.get(header.series_instance_uid)
     if cached is not None:
-        return cached
+        return cached, False
+    created = False
     series_id = (
         Series.objects.filter(series_instance_uid=header.series_instance_uid)
         .values_list("pk", flat=True)
@@ -364,7 +368,7 @@ def _series_for(
         if created:
             _count_new_series(study_id)
     cache.series[header.series_instance_uid] = series_id
-    return series_id
+    return series_id, created
 
 
 def _count_new_series(study_id: int) -> None:
@@ -389,8 +393,12 @@ def _index(
 ) -> IngestResult:
     if header.series_instance_uid not in cache.series:
         with transaction.atomic():
-            study_id, _patient_id = _study_for(header, calling_ae, source_address, cache)
-            _series_for(header, study_id, calling_ae, cache)
+            study_id, _patient_id, new_study = _study_for(header, calling_ae, source_address, cache)
+            _series_id, new_series = _series_for(header, study_id, calling_ae, cache)
+        if new_study or new_series:
+            # Once per new study (match it to its order), once per new series (re-check its
+            # identity); instances of known series cost nothing here.
+            reconciliation.after_index(study_id, header, new_study=new_study)
     study_id, _ = cache.studies[header.study_instance_uid]
     series_id = cache.series[header.series_instance_uid]
     row = {

@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import shared_task
 
-from pacs import commitment
+from pacs import commitment, header_rewrite
 
 
 @shared_task(
@@ -25,3 +25,18 @@ def send_commitment_report(self: Any, commitment_id: int) -> str:
 def sweep_commitment_reports() -> list[int]:
     """Beat: queue every Storage Commitment result that is due and not yet sent."""
     return commitment.sweep()
+
+
+@shared_task(name="pacs.tasks.rewrite_study_headers", ignore_result=True)
+def rewrite_study_headers(study_id: int) -> int:
+    """Rewrite the stored headers of STUDY_ID from its index copies (reconciliation, merges)."""
+    return header_rewrite.rewrite_study_headers(study_id).rewritten
+
+
+@shared_task(name="pacs.tasks.sweep_header_rewrites", ignore_result=True)
+def sweep_header_rewrites() -> list[int]:
+    """Beat: queue the header rewrites that are due (delayed ones, lost tasks)."""
+    due = header_rewrite.due_rewrites()
+    for study_id in due:
+        rewrite_study_headers.delay(study_id)
+    return due

@@ -10,4 +10,11 @@ urlpatterns = [
     path("studies/<int:pk>/", views.study_detail, name="study-detail"),
     path("studies/<int:pk>/download/", views.study_download, name="study-download"),
     path("studies/<int:pk>/delete/", views.study_delete, name="study-delete"),
+    path("reconciliation/", views.reconciliation_list, name="reconciliation-list"),
+    path("reconciliation/<int:pk>/", views.reconciliation_detail, name="reconciliation-detail"),
+    path(
+        "reconciliation/<int:pk>/<slug:action>/",
+        views.reconciliation_action,
+        name="reconciliation-action",
+    ),
 ]

@@ -7,10 +7,10 @@ Who sees what is `selectors.studies_visible_to`; a study a person may not see an
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import (
     Http404,
@@ -21,15 +21,24 @@ from django.http import (
 )
 from django.shortcuts import redirect, render
 from django.utils.http import content_disposition_header
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from core import audit, roles
 from core.audit import client_address
 from core.permissions import acting_user, can
-from pacs import export, selectors, services
-from pacs.forms import COMMON_MODALITIES, StudyDeleteForm, StudySearchForm
-from pacs.models import Study
+from pacs import export, reconciliation, selectors, services
+from pacs.forms import (
+    COMMON_MODALITIES,
+    AssignPatientForm,
+    LinkOrderForm,
+    RejectForm,
+    StudyDeleteForm,
+    StudySearchForm,
+    UnscheduledForm,
+)
+from pacs.models import ReconciliationItem, Study
 from pacs.storage import default_storage
+from ris import services as ris_services
 
 logger = logging.getLogger(__name__)
 
@@ -169,3 +178,159 @@ def study_delete(request: HttpRequest, pk: int) -> HttpResponse:
         return redirect("pacs:study-list")
     audit.record(audit.Action.VIEW, study, request=request, detail="delete confirmation")
     return render(request, "pacs/study_confirm_delete.html", {"study": study, "form": form})
+
+
+# The reconciliation queue (front desk, administrators): studies not matched to an order.
+
+RECONCILIATION_STATUSES = ("open", "resolved", "rejected")
+
+
+def _require_reconciler(request: HttpRequest, pk: int | None = None) -> None:
+    if not selectors.may_reconcile(request.user):
+        audit.record(
+            audit.Action.DENIED,
+            request=request,
+            outcome=audit.Outcome.FAILURE,
+            object_type="pacs.reconciliationitem",
+            object_id=str(pk) if pk is not None else "",
+            detail="reconcile studies",
+        )
+        raise PermissionDenied("You may not reconcile studies.")
+
+
+def _reconciliation_item(pk: int) -> ReconciliationItem:
+    item = (
+        ReconciliationItem.objects.filter(pk=pk)
+        .select_related("study__patient", "requested_procedure__order__patient", "resolved_by")
+        .first()
+    )
+    if item is None:
+        raise Http404("No such reconciliation item.")
+    return item
+
+
+@require_GET
+def reconciliation_list(request: HttpRequest) -> HttpResponse:
+    _require_reconciler(request)
+    status = request.GET.get("status", "open")
+    if status not in RECONCILIATION_STATUSES:
+        status = "open"
+    page = Paginator(selectors.reconciliation_queue(status), PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    audit.record_query(
+        request, "pacs.reconciliationitem", count=page.paginator.count, criteria=f"status {status}"
+    )
+    context = {"page": page, "status": status, "statuses": RECONCILIATION_STATUSES}
+    return render(request, "pacs/reconciliation_list.html", context)
+
+
+def _reconciliation_page(
+    request: HttpRequest, item: ReconciliationItem, forms: dict[str, Any], status: int = 200
+) -> HttpResponse:
+    received = item.received or reconciliation.identity_of_study(item.study)
+    rows = [
+        (keyword, received.get(keyword, ""), item.expected.get(keyword, ""))
+        for keyword in reconciliation.IDENTITY_KEYWORDS
+    ]
+    context = {
+        "item": item,
+        "study": item.study,
+        "rows": rows,
+        "current": reconciliation.identity_of_study(item.study),
+        "order": item.requested_procedure.order if item.requested_procedure else None,
+        **forms,
+    }
+    return render(request, "pacs/reconciliation_detail.html", context, status=status)
+
+
+def _action_forms(item: ReconciliationItem) -> dict[str, Any]:
+    order = item.requested_procedure.order if item.requested_procedure else None
+    return {
+        "link_form": LinkOrderForm(
+            initial={"accession_number": order.accession_number if order else ""}
+        ),
+        "assign_form": AssignPatientForm(initial={"issuer": item.study.issuer_of_patient_id}),
+        "unscheduled_form": UnscheduledForm(),
+        "reject_form": RejectForm(),
+    }
+
+
+@require_GET
+def reconciliation_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    _require_reconciler(request, pk)
+    item = _reconciliation_item(pk)
+    audit.record(audit.Action.VIEW, item, request=request)
+    return _reconciliation_page(request, item, _action_forms(item))
+
+
+@require_POST
+def reconciliation_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
+    """Resolve an item: link to an order, assign to a patient, mark unscheduled, or reject."""
+    _require_reconciler(request, pk)
+    item = _reconciliation_item(pk)
+    actor, address = acting_user(request), client_address(request)
+    forms = _action_forms(item)
+    try:
+        if action == "link":
+            form: Any = LinkOrderForm(request.POST)
+            forms["link_form"] = form
+            if form.is_valid():
+                requested = reconciliation.find_requested_procedure(
+                    "", form.cleaned_data["accession_number"]
+                )
+                if requested is None:
+                    form.add_error("accession_number", "No open order has this accession number.")
+                else:
+                    reconciliation.link_to_order(
+                        item, requested, actor=actor, source_address=address
+                    )
+                    messages.success(
+                        request, f"Linked to order {requested.order.accession_number}."
+                    )
+                    return redirect("pacs:reconciliation-list")
+        elif action == "assign":
+            form = AssignPatientForm(request.POST)
+            forms["assign_form"] = form
+            if form.is_valid():
+                patient = ris_services.find_patient_by_identifier(
+                    form.cleaned_data["patient_id"], form.cleaned_data["issuer"]
+                )
+                if patient is None:
+                    form.add_error("patient_id", "No patient has this ID from this issuer.")
+                else:
+                    reconciliation.assign_to_patient(
+                        item, patient, actor=actor, source_address=address
+                    )
+                    messages.success(request, f"Assigned to {patient}.")
+                    return redirect("pacs:reconciliation-list")
+        elif action == "unscheduled":
+            form = UnscheduledForm(request.POST)
+            forms["unscheduled_form"] = form
+            if form.is_valid():
+                order = reconciliation.mark_unscheduled(
+                    item,
+                    form.cleaned_data["procedure_type"],
+                    actor=actor,
+                    source_address=address,
+                )
+                messages.success(request, f"Order {order.accession_number} created and linked.")
+                return redirect("pacs:reconciliation-list")
+        elif action == "reject":
+            form = RejectForm(request.POST)
+            forms["reject_form"] = form
+            if form.is_valid():
+                reconciliation.reject(
+                    item, form.cleaned_data["reason"], actor=actor, source_address=address
+                )
+                messages.success(request, "Rejected; the study stays as received.")
+                return redirect("pacs:reconciliation-list")
+        elif action == "undo":
+            reconciliation.undo(item, actor=actor, source_address=address)
+            messages.success(request, "Undone; the item is open again.")
+            return redirect("pacs:reconciliation-detail", pk=item.pk)
+        else:
+            raise Http404("No such action.")
+    except (ValueError, ValidationError) as exc:
+        messages.error(request, "; ".join(getattr(exc, "messages", [str(exc)])))
+    return _reconciliation_page(request, _reconciliation_item(pk), forms, status=400)

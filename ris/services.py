@@ -746,3 +746,69 @@ def change_order(
             **_audit_kwargs(actor, channel, source_address, actor_name),
         )
     return changed
+
+
+@transaction.atomic
+def mark_images_received(
+    requested_procedure: RequestedProcedure,
+    *,
+    study_instance_uid: str = "",
+    actor: User | None = None,
+    actor_name: str = "",
+    channel: str | None = audit.Channel.DICOM,
+    source_address: str = "",
+) -> RequestedProcedure:
+    """Record that REQUESTED_PROCEDURE's images arrived (under STUDY_INSTANCE_UID if given)."""
+    locked = RequestedProcedure.objects.select_for_update().get(pk=requested_procedure.pk)
+    changed: list[str] = []
+    uid = study_instance_uid.strip()
+    if uid and locked.study_instance_uid != uid:
+        if RequestedProcedure.objects.filter(study_instance_uid=uid).exclude(pk=locked.pk).exists():
+            raise ValidationError(
+                {"study_instance_uid": f"Study {uid} belongs to another requested procedure."}
+            )
+        locked.study_instance_uid = uid
+        changed.append("study_instance_uid")
+    if locked.status not in (
+        RequestedProcedure.Status.IMAGES_RECEIVED,
+        RequestedProcedure.Status.CANCELLED,
+    ):
+        locked.status = RequestedProcedure.Status.IMAGES_RECEIVED
+        changed.append("status")
+    if changed:
+        locked.save(update_fields=changed)
+        audit.record(
+            audit.Action.UPDATE,
+            locked.order,
+            detail=f"images received for requested procedure {locked.requested_procedure_id}",
+            **_audit_kwargs(actor, channel, source_address, actor_name),
+        )
+    return locked
+
+
+@transaction.atomic
+def restore_procedure_status(
+    requested_procedure: RequestedProcedure,
+    status: str,
+    *,
+    actor: User | None = None,
+    actor_name: str = "",
+    channel: str | None = audit.Channel.WEB,
+    source_address: str = "",
+) -> RequestedProcedure:
+    """Put back REQUESTED_PROCEDURE's STATUS from before images were wrongly recorded for it."""
+    if status not in RequestedProcedure.Status.values:
+        raise ValidationError({"status": f"{status!r} is not a requested procedure status."})
+    locked = RequestedProcedure.objects.select_for_update().get(pk=requested_procedure.pk)
+    if locked.status != status:
+        old = locked.get_status_display()
+        locked.status = status
+        locked.save(update_fields=["status"])
+        audit.record(
+            audit.Action.UPDATE,
+            locked.order,
+            detail=f"requested procedure {locked.requested_procedure_id}: "
+            f"{old} undone, back to {locked.get_status_display()}",
+            **_audit_kwargs(actor, channel, source_address, actor_name),
+        )
+    return locked

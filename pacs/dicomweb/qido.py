@@ -1,0 +1,261 @@
+"""QIDO-RS (PS3.18 10.6): query parameters to a C-FIND identifier, answered from the index.
+
+The parameters become a pydicom identifier that `pacs.selectors.build_query` reads, so
+matching is exactly C-FIND's (PS3.4 C.2.2.2). The rows are narrowed to the studies the
+person may see, paged with limit and offset, and read in one SQL statement; no file is
+opened.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Q, QuerySet
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from pacs.models import Instance, Series, Study
+from pacs.selectors import ATTRIBUTES, IMAGE, LEVELS, SERIES, STUDY, STUDY_ROOT, build_query
+
+# Results per response at most, whatever limit asks (PS3.18 8.3.4.4: the server may cap).
+MAX_LIMIT = 1000
+
+_CONTROL = {"limit", "offset", "fuzzymatching", "includefield"}
+
+# Attributes returned without includefield (PS3.18 Tables 10.6.3-3, -4 and -5), of those
+# the index holds; "*" marks the attributes of the levels above, returned by /series and
+# /instances searched outside a study.
+DEFAULT_KEYS = {
+    STUDY: (
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "ReferringPhysicianName",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyID",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    ),
+    SERIES: (
+        "Modality",
+        "SeriesDescription",
+        "SeriesInstanceUID",
+        "SeriesNumber",
+        "NumberOfSeriesRelatedInstances",
+    ),
+    IMAGE: ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns", "NumberOfFrames"),
+}
+_RECORD = {STUDY: "study", SERIES: "series", IMAGE: "instance"}
+_PATIENT_LEVEL = "PATIENT"
+
+
+class QidoError(ValueError):
+    """A query parameter cannot be used; the message says which and why (answered with 400)."""
+
+
+@dataclass(frozen=True)
+class Search:
+    level: str
+    identifier: Dataset
+    keys: list[str]
+    limit: int
+    offset: int
+    fuzzy_asked: bool
+
+
+def _keyword(attribute_id: str) -> str:
+    """The keyword of a QIDO attributeID: a keyword or a tag of eight hex digits."""
+    text = attribute_id.strip()
+    if "." in text:
+        raise QidoError(f"{text}: matching inside sequences is not supported")
+    if len(text) == 8 and all(c in "0123456789abcdefABCDEF" for c in text):
+        keyword = keyword_for_tag(int(text, 16))
+        if not keyword:
+            raise QidoError(f"{text}: not a tag of the DICOM dictionary")
+        return keyword
+    if tag_for_keyword(text) is None:
+        raise QidoError(f"{text}: not a DICOM keyword or tag")
+    return text
+
+
+def _level_of(keyword: str) -> str | None:
+    attribute = ATTRIBUTES.get(keyword)
+    if attribute is None:
+        return None
+    return STUDY if attribute.level == _PATIENT_LEVEL else attribute.level
+
+
+def _number(params: Any, name: str, default: int) -> int:
+    text = params.get(name)
+    if text is None or text == "":
+        return default
+    if not text.isdigit():
+        raise QidoError(f"{name}: not a whole number: {text[:20]!r}")
+    return int(text)
+
+
+def _element(keyword: str, value: str) -> DataElement:
+    # Values are matching keys (ranges, wildcards, UID lists): never validated as values.
+    return DataElement(
+        tag_for_keyword(keyword),  # type: ignore[arg-type]
+        dictionary_VR(keyword),
+        value,
+        validation_mode=pydicom_config.IGNORE,
+    )
+
+
+def parse_search(params: Any, level: str, fixed: dict[str, str], *, top: str) -> Search:
+    """Read the query PARAMS (a QueryDict) of a search at LEVEL.
+
+    FIXED holds the UIDs given in the path; TOP is the highest level whose attributes are
+    returned by default (STUDY for /series and /instances outside a study).
+    """
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = level
+    includes: list[str] = []
+    include_all = False
+    for name in params:
+        if name in _CONTROL:
+            continue
+        keyword = _keyword(name)
+        values = params.getlist(name)
+        if len(values) > 1:
+            raise QidoError(f"{name}: given more than once")
+        attribute_level = _level_of(keyword)
+        if attribute_level is None:
+            raise QidoError(f"{name}: the archive cannot match on {keyword}")
+        if LEVELS.index(attribute_level) > LEVELS.index(level):
+            raise QidoError(f"{name}: {keyword} is below the {level.lower()} level searched")
+        identifier.add(_element(keyword, values[0]))
+    for keyword, uid in fixed.items():
+        if keyword in identifier:
+            raise QidoError(f"{keyword} is given in the path already")
+        identifier.add(_element(keyword, uid))
+    for value in params.getlist("includefield"):
+        for item in value.split(","):
+            if item.strip().lower() == "all":
+                include_all = True
+            elif item.strip():
+                includes.append(_keyword(item))
+    fuzzy = params.get("fuzzymatching", "false").lower()
+    if fuzzy not in ("true", "false"):
+        raise QidoError("fuzzymatching: true or false")
+    limit = min(_number(params, "limit", MAX_LIMIT), MAX_LIMIT)
+    offset = _number(params, "offset", 0)
+    keys = _return_keys(level, top, includes, include_all)
+    for keyword in keys:
+        if keyword not in identifier:
+            identifier.add(_element(keyword, ""))
+    return Search(level, identifier, keys, limit, offset, fuzzy == "true")
+
+
+def _return_keys(level: str, top: str, includes: list[str], include_all: bool) -> list[str]:
+    levels = [name for name in (STUDY, SERIES, IMAGE) if LEVELS.index(top) <= LEVELS.index(name)]
+    levels = [name for name in levels if LEVELS.index(name) <= LEVELS.index(level)]
+    keys = [keyword for name in levels for keyword in DEFAULT_KEYS[name]]
+    if include_all:
+        keys += [
+            keyword
+            for keyword, attribute in ATTRIBUTES.items()
+            if (_level_of(keyword) in levels)
+            and (attribute.field is not None or keyword == "ModalitiesInStudy")
+        ]
+    keys += includes
+    return list(dict.fromkeys(keys))
+
+
+def _queryset(level: str, conditions: Q, visible: QuerySet[Study]) -> QuerySet[Any]:
+    visible_pks = visible.order_by().values("pk")
+    if level == STUDY:
+        return Study.objects.filter(conditions, pk__in=visible_pks).order_by("study_date", "id")
+    if level == SERIES:
+        return (
+            Series.objects.filter(conditions, study__in=visible_pks)
+            .select_related("study")
+            .order_by("study_id", "series_number", "id")
+        )
+    return (
+        Instance.objects.filter(conditions, series__study__in=visible_pks)
+        .select_related("series__study")
+        .order_by("series__study_id", "series_id", "instance_number", "id")
+    )
+
+
+def _records(row: Any, level: str) -> dict[str, Any]:
+    if level == STUDY:
+        return {"study": row}
+    if level == SERIES:
+        return {"study": row.study, "series": row}
+    return {"study": row.series.study, "series": row.series, "instance": row}
+
+
+def _value(keyword: str, records: dict[str, Any]) -> Any:
+    level = _level_of(keyword)
+    attribute = ATTRIBUTES.get(keyword)
+    if level is None or attribute is None:
+        return None  # asked for, not in the index: returned empty (PS3.18 10.6.3.3.1)
+    record = records.get(_RECORD[level])
+    if record is None:
+        return None
+    if keyword == "ModalitiesInStudy":
+        return [m for m in record.modalities_in_study.split("\\") if m] or None
+    if attribute.field is None:
+        return None
+    value = getattr(record, attribute.field)
+    if isinstance(value, dt.date):
+        return value.strftime("%Y%m%d")
+    return None if value == "" else value
+
+
+def search(
+    parsed: Search, visible: QuerySet[Study], retrieve_url: Callable[[dict[str, Any]], str]
+) -> tuple[list[Dataset], bool]:
+    """The matches of PARSED among VISIBLE studies, and whether more follow past the limit."""
+    query = build_query(parsed.identifier, STUDY_ROOT)
+    rows = list(
+        _queryset(query.level, query.conditions, visible)[
+            parsed.offset : parsed.offset + parsed.limit + 1
+        ]
+    )
+    more = len(rows) > parsed.limit
+    results = []
+    for row in rows[: parsed.limit]:
+        records = _records(row, parsed.level)
+        response = Dataset()
+        non_ascii = False
+        for keyword in parsed.keys:
+            value = _value(keyword, records)
+            response.add(
+                DataElement(
+                    tag_for_keyword(keyword),  # type: ignore[arg-type]
+                    dictionary_VR(keyword),
+                    value,
+                    validation_mode=pydicom_config.IGNORE,
+                )
+            )
+            if isinstance(value, str) and not value.isascii():
+                non_ascii = True
+        if non_ascii:
+            response.SpecificCharacterSet = "ISO_IR 192"
+        response.RetrieveURL = retrieve_url(records)
+        results.append(response)
+    return results, more
+
+
+def uids(records: dict[str, Any]) -> Iterator[str]:
+    """The study, series and SOP instance UIDs of a result's records, as far as they go."""
+    yield records["study"].study_instance_uid
+    if "series" in records:
+        yield records["series"].series_instance_uid
+    if "instance" in records:
+        yield records["instance"].sop_instance_uid
