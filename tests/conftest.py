@@ -47,3 +47,14 @@ def _close_connection_pools(django_db_setup: None, django_db_blocker: Any) -> An
             close_pool = getattr(connection, "close_pool", None)
             if close_pool is not None:
                 close_pool()
+
+
+@pytest.fixture
+def celery_in_process() -> Any:
+    """Run Celery tasks in the test's process even when a broker is configured (as in CI)."""
+    from config.celery import app
+
+    saved = app.conf.task_always_eager, app.conf.task_eager_propagates
+    app.conf.task_always_eager = app.conf.task_eager_propagates = True
+    yield app
+    app.conf.task_always_eager, app.conf.task_eager_propagates = saved

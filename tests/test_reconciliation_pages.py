@@ -22,7 +22,11 @@ from tests import dicom_factory, factories
 from tests.archive import running_archive, store
 from tests.personas import Personas
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    # The header rewrite is a Celery task; in CI a broker is configured but no worker runs.
+    pytest.mark.usefixtures("celery_in_process"),
+]
 
 Login = Callable[[Any], Client]
 
