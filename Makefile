@@ -30,9 +30,13 @@ migrate: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py create_roles
 
-## seed: demo users, procedure catalogue, rooms, patients and today's orders (once)
+## seed: demo users, procedure catalogue, rooms, patients and today's orders (once), and
+## DCMTK's default AE titles as known DICOM nodes on this machine, so that its tools may try it
+DEMO_NODES := ECHOSCU STORESCU FINDSCU MOVESCU GETSCU
 seed: migrate
 	$(BIN)/python manage.py seed_demo
+	@for ae in $(DEMO_NODES); do $(BIN)/python manage.py dicomnode add $$ae 127.0.0.1 104 \
+		--description "demo: DCMTK on this machine" >/dev/null; done
 
 ## run: everything, on the embedded default unless DATABASE_URL / CELERY_BROKER_URL say otherwise
 run: seed
