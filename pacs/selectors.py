@@ -280,10 +280,9 @@ def _queryset(query: FindQuery) -> QuerySet[Any]:
     return Instance.objects.filter(query.conditions).select_related("series__study").order_by("id")
 
 
-def _records(row: Any, level: str) -> dict[str, Any]:
-    if level == PATIENT:
-        return {"study": row}
-    if level == STUDY:
+def records_of(row: Any, level: str) -> dict[str, Any]:
+    """The study, series and instance rows behind one match at LEVEL, by record name."""
+    if level in (PATIENT, STUDY):
         return {"study": row}
     if level == SERIES:
         return {"study": row.study, "series": row}
@@ -303,7 +302,15 @@ _PATIENT_AGGREGATES = {
 }
 
 
-def _value(keyword: str, records: dict[str, Any], level: str) -> Any:
+def index_value(keyword: str, records: dict[str, Any]) -> Any:
+    """KEYWORD's value for one match, from the index, as DICOM holds it; None when empty."""
+    value = _stored_value(keyword, records)
+    if isinstance(value, dt.date):
+        return value.strftime("%Y%m%d")
+    return None if value in ("", []) else value
+
+
+def _stored_value(keyword: str, records: dict[str, Any]) -> Any:
     attribute = ATTRIBUTES.get(keyword)
     if attribute is None:
         return None
@@ -320,14 +327,6 @@ def _value(keyword: str, records: dict[str, Any], level: str) -> Any:
     return getattr(record, attribute.field)
 
 
-def _dicom(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, dt.date):
-        return value.strftime("%Y%m%d")
-    return value
-
-
 def find(identifier: Dataset, model: str, *, retrieve_ae_title: str) -> Iterator[Dataset]:
     """Yield one response identifier per match of IDENTIFIER, from one SQL query."""
     yield from matches(
@@ -338,12 +337,13 @@ def find(identifier: Dataset, model: str, *, retrieve_ae_title: str) -> Iterator
 def matches(query: FindQuery, identifier: Dataset, *, retrieve_ae_title: str) -> Iterator[Dataset]:
     """Yield the response identifiers of QUERY (built from IDENTIFIER), streaming the rows."""
     for row in _queryset(query).iterator(chunk_size=500):
-        records = _records(row, query.level)
+        records = records_of(row, query.level)
         response = Dataset()
         response.QueryRetrieveLevel = query.level
         non_ascii = False
         for keyword in query.keys:
-            value = _dicom(_value(keyword, records, query.level))
+            value = index_value(keyword, records)
+            value = "" if value is None else value  # C-FIND returns every key asked for
             setattr(response, keyword, value)
             if isinstance(value, str) and not value.isascii():
                 non_ascii = True

@@ -8,7 +8,6 @@ opened.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,17 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from pacs.models import Instance, Series, Study
-from pacs.selectors import ATTRIBUTES, IMAGE, LEVELS, SERIES, STUDY, STUDY_ROOT, build_query
+from pacs.selectors import (
+    ATTRIBUTES,
+    IMAGE,
+    LEVELS,
+    SERIES,
+    STUDY,
+    STUDY_ROOT,
+    build_query,
+    index_value,
+    records_of,
+)
 
 # Results per response at most, whatever limit asks (PS3.18 8.3.4.4: the server may cap).
 MAX_LIMIT = 1000
@@ -55,7 +64,6 @@ DEFAULT_KEYS = {
     ),
     IMAGE: ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns", "NumberOfFrames"),
 }
-_RECORD = {STUDY: "study", SERIES: "series", IMAGE: "instance"}
 _PATIENT_LEVEL = "PATIENT"
 
 
@@ -191,32 +199,6 @@ def _queryset(level: str, conditions: Q, visible: QuerySet[Study]) -> QuerySet[A
     )
 
 
-def _records(row: Any, level: str) -> dict[str, Any]:
-    if level == STUDY:
-        return {"study": row}
-    if level == SERIES:
-        return {"study": row.study, "series": row}
-    return {"study": row.series.study, "series": row.series, "instance": row}
-
-
-def _value(keyword: str, records: dict[str, Any]) -> Any:
-    level = _level_of(keyword)
-    attribute = ATTRIBUTES.get(keyword)
-    if level is None or attribute is None:
-        return None  # asked for, not in the index: returned empty (PS3.18 10.6.3.3.1)
-    record = records.get(_RECORD[level])
-    if record is None:
-        return None
-    if keyword == "ModalitiesInStudy":
-        return [m for m in record.modalities_in_study.split("\\") if m] or None
-    if attribute.field is None:
-        return None
-    value = getattr(record, attribute.field)
-    if isinstance(value, dt.date):
-        return value.strftime("%Y%m%d")
-    return None if value == "" else value
-
-
 def search(
     parsed: Search, visible: QuerySet[Study], retrieve_url: Callable[[dict[str, Any]], str]
 ) -> tuple[list[Dataset], bool]:
@@ -230,11 +212,11 @@ def search(
     more = len(rows) > parsed.limit
     results = []
     for row in rows[: parsed.limit]:
-        records = _records(row, parsed.level)
+        records = records_of(row, parsed.level)
         response = Dataset()
         non_ascii = False
         for keyword in parsed.keys:
-            value = _value(keyword, records)
+            value = index_value(keyword, records)
             response.add(
                 DataElement(
                     tag_for_keyword(keyword),  # type: ignore[arg-type]
