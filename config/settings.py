@@ -223,6 +223,10 @@ HL7_OUTBOX_SWEEP_SECONDS = env_int("HL7_OUTBOX_SWEEP_SECONDS", 30, minimum=1)
 # The Celery queue of the outbox tasks; empty: the default queue.
 HL7_TASK_QUEUE = env_str("HL7_TASK_QUEUE", "") or ""
 
+# Minutes after an exam is performed (MPPS completed) before the boards flag it when no
+# images have been matched to its order.
+EXAM_IMAGES_EXPECTED_MINUTES = env_int("EXAM_IMAGES_EXPECTED_MINUTES", 30, minimum=1)
+
 # Numbering: accession numbers and the root for UIDs this system makes.
 ACCESSION_PREFIX = env_str("ACCESSION_PREFIX", "A") or ""
 if len(ACCESSION_PREFIX) > 4 or not ACCESSION_PREFIX.isalnum():

@@ -5,11 +5,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from django.db.models import Prefetch, Q, QuerySet
+from django.conf import settings
+from django.db.models import BooleanField, ExpressionWrapper, Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from core.permissions import visible
-from ris.models import Order, Patient, PatientIdentifier, ScheduledProcedureStep
+from ris.models import (
+    Order,
+    Patient,
+    PatientIdentifier,
+    RequestedProcedure,
+    ScheduledProcedureStep,
+)
 
 
 def _day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
@@ -22,9 +29,17 @@ def steps_for_day(
 ) -> QuerySet[ScheduledProcedureStep]:
     """Steps starting on DAY (local time) with patient and procedure, less the cancelled ones."""
     start, end = _day_bounds(day or timezone.localdate())
+    # Performed, yet no images matched to its order after EXAM_IMAGES_EXPECTED_MINUTES:
+    # the technologist should look (images not sent, or sent under another identity).
+    waited = timezone.now() - dt.timedelta(minutes=settings.EXAM_IMAGES_EXPECTED_MINUTES)
+    images_overdue = Q(
+        status=ScheduledProcedureStep.Status.COMPLETED,
+        updated_at__lt=waited,
+    ) & ~Q(requested_procedure__status=RequestedProcedure.Status.IMAGES_RECEIVED)
     steps = (
         ScheduledProcedureStep.objects.filter(scheduled_start__gte=start, scheduled_start__lt=end)
         .exclude(status=ScheduledProcedureStep.Status.CANCELLED)
+        .annotate(images_overdue=ExpressionWrapper(images_overdue, output_field=BooleanField()))
         .select_related(
             "room",
             "requested_procedure__procedure_type",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -24,7 +25,11 @@ def today(request: HttpRequest) -> HttpResponse:
     steps = list(selectors.steps_for_day())
     audit.record_query(request, "ris.scheduledprocedurestep", count=len(steps), criteria="today")
     template = "ris/_schedule_rows.html" if request.htmx else "ris/today.html"  # type: ignore[attr-defined]
-    return render(request, template, {"steps": steps})
+    return render(
+        request,
+        template,
+        {"steps": steps, "images_expected_minutes": settings.EXAM_IMAGES_EXPECTED_MINUTES},
+    )
 
 
 @require_GET
@@ -42,7 +47,14 @@ def exams_today(request: HttpRequest) -> HttpResponse:
         criteria=f"today room={selected.name if selected else 'all'}",
     )
     return render(
-        request, "ris/exams_today.html", {"steps": steps, "rooms": rooms, "selected": selected}
+        request,
+        "ris/exams_today.html",
+        {
+            "steps": steps,
+            "rooms": rooms,
+            "selected": selected,
+            "images_expected_minutes": settings.EXAM_IMAGES_EXPECTED_MINUTES,
+        },
     )
 
 
