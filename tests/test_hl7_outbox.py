@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,10 +27,10 @@ from ris.hl7.parsing import Identifier
 from ris.hl7.server import OutboxSweeper
 from ris.models import Order
 from tests import factories
+from tests.celery_worker import celery_worker
 from tests.hl7util import MLLPReceiver, Received, adt
 from tests.netutil import DEADLINE, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 AT = dt.datetime(2025, 3, 1, 10, 0, tzinfo=dt.UTC)
 
 PATIENT = builders.PatientIdentity(
@@ -476,14 +474,6 @@ def test_the_listener_sweeps_the_outbox_when_there_is_no_beat(
 # ---------------------------------------------------------------- a real worker
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    user = db.get("USER") or "postgres"
-    return (
-        f"postgres://{user}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-    )
-
-
 @pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_a_real_worker_delivers_after_the_receiver_comes_back(
@@ -498,65 +488,41 @@ def test_a_real_worker_delivers_after_the_receiver_comes_back(
     log = tmp_path / "worker.log"
     settings.HL7_TASK_QUEUE = queue
     settings.HL7_RETRY_DELAY = 1
-    env = {
-        **os.environ,
-        "DATABASE_URL": _database_url(),
-        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
+    worker_env = {
         "HL7_TASK_QUEUE": queue,
         "HL7_RETRY_DELAY": "1",
         "HL7_MAX_RETRY_DELAY": "2",
         "HL7_CONNECT_TIMEOUT": "2",
         "HL7_ACK_TIMEOUT": "5",
     }
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "--pool=solo",
-            "-Q",
-            queue,
-            "--without-heartbeat",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "INFO",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    with celery_worker(queue, log, **worker_env) as worker:
+        _deliver_after_receiver_comes_back(worker, log, queue, receiver)
 
+
+def _deliver_after_receiver_comes_back(
+    worker: subprocess.Popen[str], log: Path, queue: str, receiver: MLLPReceiver
+) -> None:
     def alive() -> None:
         assert worker.poll() is None, f"the worker died:\n{log.read_text()[-3000:]}"
 
-    try:
-        destination(receiver.port, "ORU")
-        rows = enqueue_reports(5)  # each commit hands a delivery to the worker
+    destination(receiver.port, "ORU")
+    rows = enqueue_reports(5)  # each commit hands a delivery to the worker
 
-        def tried() -> bool | None:
-            alive()
-            head = OutboundMessage.objects.order_by("id").first()
-            return True if head is not None and head.attempts > 0 else None
+    def tried() -> bool | None:
+        alive()
+        head = OutboundMessage.objects.order_by("id").first()
+        return True if head is not None and head.attempts > 0 else None
 
-        wait_until(tried, timeout=60, what="the worker to try the receiver while it is down")
-        assert receiver.received == []
-        receiver.up()  # the worker's own retry, a second later, finds it
-        deadline = time.monotonic() + 60
-        while OutboundMessage.objects.exclude(status="delivered").exists():
-            alive()
-            assert time.monotonic() < deadline, (
-                f"the worker did not deliver within 60 s:\n{log.read_text()[-3000:]}"
-            )
-            time.sleep(0.2)  # a poll interval, not a wait for something to happen
-        # The beat's sweep finds nothing left to send.
-        tasks.sweep_outbox.apply_async(queue=queue)
-    finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+    wait_until(tried, timeout=60, what="the worker to try the receiver while it is down")
+    assert receiver.received == []
+    receiver.up()  # the worker's own retry, a second later, finds it
+    deadline = time.monotonic() + 60
+    while OutboundMessage.objects.exclude(status="delivered").exists():
+        alive()
+        assert time.monotonic() < deadline, (
+            f"the worker did not deliver within 60 s:\n{log.read_text()[-3000:]}"
+        )
+        time.sleep(0.2)  # a poll interval, not a wait for something to happen
+    # The beat's sweep finds nothing left to send.
+    tasks.sweep_outbox.apply_async(queue=queue)
     assert receiver.control_ids() == [row.control_id for row in rows]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,8 +12,7 @@ from django.db import connection
 
 from core.models import WorkerHeartbeat
 from core.tasks import record_worker_heartbeat
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.celery_worker import celery_worker
 
 
 @pytest.mark.django_db
@@ -41,60 +37,20 @@ def test_task_runs_in_process_without_a_broker(settings) -> None:  # type: ignor
     assert WorkerHeartbeat.objects.count() == 1
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or "postgres"
-    return (
-        f"postgres://{user}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-    )
-
-
 @pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
-def test_a_real_worker_runs_the_task_through_the_broker() -> None:
+def test_a_real_worker_runs_the_task_through_the_broker(tmp_path: Path) -> None:
     if not settings.CELERY_BROKER_URL:
         pytest.skip("needs CELERY_BROKER_URL (CI sets it to the local Redis)")
     if connection.vendor == "sqlite":
         pytest.skip("the worker process shares the test database only on PostgreSQL")
     queue = f"test-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": _database_url(),
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-    }
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "--pool=solo",
-            "-Q",
-            queue,
-            "--without-heartbeat",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "WARNING",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
+    log = tmp_path / "worker.log"
+    with celery_worker(queue, log) as worker:
         record_worker_heartbeat.apply_async(queue=queue)
         deadline = time.monotonic() + 60
         while not WorkerHeartbeat.objects.exists():
-            assert worker.poll() is None, worker.stdout.read() if worker.stdout else "worker died"
+            assert worker.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the worker did not run the task within 60 s"
             time.sleep(0.2)
-    finally:
-        worker.terminate()
-        worker.wait(timeout=30)
     assert WorkerHeartbeat.objects.count() == 1
