@@ -13,7 +13,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
 from django.utils.module_loading import import_string
+from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.events import Event
@@ -85,6 +87,32 @@ def validate_ae_title(value: str) -> str:
     return value.strip()
 
 
+# PS3.7 C.4: Error Comment (0000,0902) is an LO, 64 characters at most.
+ERROR_COMMENT_LENGTH = 64
+
+
+def calling(event: Event) -> tuple[str, str]:
+    """The calling AE title of EVENT's association, and its peer's address."""
+    requestor = event.assoc.requestor
+    return str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}"
+
+
+def status_dataset(code: int, comment: str = "", *, tags: tuple[int, ...] = ()) -> Dataset:
+    """A DIMSE status with an ErrorComment and the offending elements, when given."""
+    status = Dataset()
+    status.Status = code
+    if comment:
+        status.ErrorComment = comment[:ERROR_COMMENT_LENGTH]
+    if tags:
+        status.OffendingElement = list(tags)
+    return status
+
+
+def _release_database(event: Event) -> None:
+    """The association's thread ends: give its database connection back (to the pool)."""
+    connections.close_all()
+
+
 def _peer(event: Event) -> str:
     requestor = event.assoc.requestor
     return f"{requestor.ae_title}@{requestor.address}:{requestor.port}"
@@ -127,6 +155,10 @@ def build_ae(ae_title: str | None = None) -> ArchiveAE:
         (evt.EVT_ACCEPTED, _log_accepted),
         (evt.EVT_RELEASED, _log_released),
         (evt.EVT_ABORTED, _log_aborted),
+        # Each association runs on a thread of its own, which opens its own connection.
+        (evt.EVT_RELEASED, _release_database),
+        (evt.EVT_ABORTED, _release_database),
+        (evt.EVT_REJECTED, _release_database),
     ]
     routes: dict[Any, dict[str, Callable[[Event], Any]]] = {}
     for service in load_services(list(settings.DICOM_SERVICES)):

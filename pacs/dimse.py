@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import close_old_connections
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
@@ -39,6 +39,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at impo
 )
 
 from core import audit
+from core.dicom_server import calling, status_dataset
 from pacs import journal, retrieve, selectors, services
 from pacs.selectors import node_cache
 from pacs.storage import default_storage
@@ -77,12 +78,7 @@ _FIND_MODELS = {
 }
 
 
-def failure(status: int, comment: str) -> Dataset:
-    """A status dataset with an ErrorComment (PS3.7 C.4.2.1.4: at most 64 characters)."""
-    response = Dataset()
-    response.Status = status
-    response.ErrorComment = comment[:64]
-    return response
+failure = status_dataset  # a status with an ErrorComment (PS3.7 C.4.2.1.4)
 
 
 # -- Who may associate, and do what ---------------------------------------------------
@@ -98,14 +94,9 @@ def known_calling_ae_titles() -> list[str] | None:
         close_old_connections()
 
 
-def _calling(event: Event) -> tuple[str, str]:
-    requestor = event.assoc.requestor
-    return str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}"
-
-
 def _may(event: Event, right: str) -> bool:
     """Tell whether the calling node holds RIGHT (may_store, may_query, may_retrieve)."""
-    ae_title, _ = _calling(event)
+    ae_title, _ = calling(event)
     node = node_cache.nodes().get(ae_title)
     if node is None:
         return bool(settings.DICOM_ACCEPT_UNKNOWN_AE)
@@ -113,7 +104,7 @@ def _may(event: Event, right: str) -> bool:
 
 
 def _audit_association(event: Event, outcome: str, detail: str) -> None:
-    ae_title, address = _calling(event)
+    ae_title, address = calling(event)
     audit.record(
         audit.Action.ASSOCIATION,
         actor_name=ae_title,
@@ -130,12 +121,6 @@ def handle_accepted(event: Event) -> None:
 
 def handle_rejected(event: Event) -> None:
     _audit_association(event, audit.Outcome.FAILURE, "rejected: calling AE title not known")
-    connections.close_all()
-
-
-def handle_closed(event: Event) -> None:
-    """The association's thread ends: give back its database connection."""
-    connections.close_all()
 
 
 def access_service(ae: ApplicationEntity) -> list[EventHandler]:
@@ -144,8 +129,6 @@ def access_service(ae: ApplicationEntity) -> list[EventHandler]:
     return [
         (evt.EVT_ACCEPTED, handle_accepted),
         (evt.EVT_REJECTED, handle_rejected),
-        (evt.EVT_RELEASED, handle_closed),
-        (evt.EVT_ABORTED, handle_closed),
     ]
 
 
@@ -170,7 +153,7 @@ def handle_store(event: Event) -> int | Dataset:
     """Store one instance durably and index it; success only once it is safe (PS3.4 B.2.3)."""
     if not _may(event, "may_store"):
         return failure(STATUS_REFUSED_NOT_AUTHORIZED, "this AE title may not store")
-    ae_title, address = _calling(event)
+    ae_title, address = calling(event)
     cache = getattr(event.assoc, "_archive_cache", None)
     if cache is None:
         cache = event.assoc._archive_cache = services.AssociationCache()  # type: ignore[attr-defined]
@@ -232,7 +215,7 @@ def handle_find(event: Event) -> Iterator[tuple[int, Dataset | None]]:
     if not _may(event, "may_query"):
         yield failure(STATUS_REFUSED_NOT_AUTHORIZED, "this AE title may not query"), None  # type: ignore[misc]
         return
-    ae_title, address = _calling(event)
+    ae_title, address = calling(event)
     model = _FIND_MODELS[event.request.AffectedSOPClassUID]  # type: ignore[union-attr]
     try:
         identifier = event.identifier
@@ -278,7 +261,7 @@ def _retrieve_targets(event: Event) -> list[retrieve.StoredInstance]:
 
 
 def _audit_retrieve(event: Event, instances: list[retrieve.StoredInstance], how: str) -> None:
-    ae_title, address = _calling(event)
+    ae_title, address = calling(event)
     studies = sorted({instance.study_instance_uid for instance in instances})
     audit.record(
         audit.Action.EXPORT,
@@ -318,7 +301,7 @@ def handle_move(event: Event) -> Iterator[Any]:
     """C-MOVE (PS3.4 C.4.2): send the matches to a known destination over a new association."""
     if not _may(event, "may_retrieve"):
         # pynetdicom's first C-MOVE answer is a destination: none means 0xA801, refused.
-        logger.warning("C-MOVE from %s refused: may not retrieve", _calling(event)[0])
+        logger.warning("C-MOVE from %s refused: may not retrieve", calling(event)[0])
         yield None, None
         return
     destination_title = str(event.move_destination).strip()
@@ -402,7 +385,7 @@ def handle_commitment_request(event: Event) -> tuple[int | Dataset, Dataset | No
     from pacs import commitment
 
     close_old_connections()
-    ae_title, address = _calling(event)
+    ae_title, address = calling(event)
     node = node_cache.nodes().get(ae_title)
     # Refused for an unknown node even when any AE may associate: the result needs its address.
     if node is None or not node.may_store:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any, cast
 
-from django.db import close_old_connections, connections
+from django.db import close_old_connections
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import evt
@@ -24,6 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at impo
 )
 
 from core import audit
+from core.dicom_server import calling, status_dataset
 from worklist import selectors, services
 from worklist.selectors import InvalidQuery
 
@@ -59,28 +60,6 @@ _MPPS_STATUS = {
     services.NoSuchInstance: STATUS_NO_SUCH_OBJECT_INSTANCE,
     services.MayNoLongerBeUpdated: STATUS_PROCESSING_FAILURE,
 }
-# Error Comment (0000,0902) is an LO: 64 characters at most (PS3.7 C.4).
-ERROR_COMMENT_LENGTH = 64
-
-
-def _status(code: int, comment: str = "", *, tags: tuple[int, ...] = ()) -> Dataset:
-    status = Dataset()
-    status.Status = code
-    if comment:
-        status.ErrorComment = comment[:ERROR_COMMENT_LENGTH]
-    if tags:
-        status.OffendingElement = list(tags)
-    return status
-
-
-def _calling(event: Event) -> tuple[str, str]:
-    requestor = event.assoc.requestor
-    return str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}"
-
-
-def _release_database(event: Event) -> None:
-    """The association's thread ends: give back its database connection."""
-    connections.close_all()
 
 
 def _criteria(identifier: Dataset) -> str:
@@ -100,22 +79,25 @@ def _criteria(identifier: Dataset) -> str:
 def handle_worklist_find(event: Event) -> Iterator[tuple[Status, Dataset | None]]:
     """Answer an MWL C-FIND (PS3.4 K.4.1.1): one pending response per match, then success."""
     close_old_connections()
-    ae_title, _ = _calling(event)
+    ae_title, _ = calling(event)
     try:
         identifier = event.identifier
     except Exception as exc:
         logger.info("MWL query from %s cannot be decoded: %s", ae_title, exc)
-        yield _status(STATUS_UNABLE_TO_PROCESS, "the identifier cannot be decoded"), None
+        yield status_dataset(STATUS_UNABLE_TO_PROCESS, "the identifier cannot be decoded"), None
         return
     try:
         matches = selectors.find_worklist_items(identifier)
     except InvalidQuery as exc:
         logger.info("MWL query from %s refused: %s", ae_title, exc)
-        yield _status(STATUS_IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc), tags=(exc.tag,)), None
+        yield (
+            status_dataset(STATUS_IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc), tags=(exc.tag,)),
+            None,
+        )
         return
     except Exception:  # the details go to the log, not to the peer
         logger.exception("MWL query from %s failed", ae_title)
-        yield _status(STATUS_UNABLE_TO_PROCESS, "the worklist cannot be read now"), None
+        yield status_dataset(STATUS_UNABLE_TO_PROCESS, "the worklist cannot be read now"), None
         return
     for reply in matches:
         if event.is_cancelled:
@@ -131,7 +113,7 @@ def handle_worklist_find(event: Event) -> Iterator[tuple[Status, Dataset | None]
 def _audit_query(
     event: Event, matches: selectors.WorklistMatches, identifier: Dataset, outcome: str
 ) -> None:
-    ae_title, address = _calling(event)
+    ae_title, address = calling(event)
     audit.record(
         audit.Action.QUERY,
         actor_name=ae_title,
@@ -147,13 +129,11 @@ def worklist_service(ae: ApplicationEntity) -> list[EventHandler]:
     ae.add_supported_context(ModalityWorklistInformationFind)
     return [
         (evt.EVT_C_FIND, handle_worklist_find),
-        (evt.EVT_RELEASED, _release_database),
-        (evt.EVT_ABORTED, _release_database),
     ]
 
 
 def _mpps_failure(exc: services.MppsError) -> Dataset:
-    status = _status(_MPPS_STATUS[type(exc)], exc.comment)
+    status = status_dataset(_MPPS_STATUS[type(exc)], exc.comment)
     if isinstance(exc, services.MayNoLongerBeUpdated):
         status.ErrorID = ERROR_ID_MAY_NO_LONGER_BE_UPDATED
     elif exc.tags:
@@ -164,7 +144,7 @@ def _mpps_failure(exc: services.MppsError) -> Dataset:
 def handle_mpps_create(event: Event) -> tuple[Status, Dataset | None]:
     """Create an MPPS instance (PS3.4 F.7.2.1): the exam is in progress."""
     close_old_connections()
-    ae_title, address = _calling(event)
+    ae_title, address = calling(event)
     requested_uid = cast(N_CREATE, event.request).AffectedSOPInstanceUID
     # PS3.7 10.1.5.1.3: with no UID in the request, the SCP assigns one and returns it.
     sop_instance_uid = str(requested_uid) if requested_uid else generate_uid()
@@ -178,7 +158,7 @@ def handle_mpps_create(event: Event) -> tuple[Status, Dataset | None]:
         return _mpps_failure(exc), None
     except Exception:  # the details go to the log, not to the peer
         logger.exception("MPPS N-CREATE from %s failed", ae_title)
-        return _status(STATUS_PROCESSING_FAILURE, "the step cannot be recorded now"), None
+        return status_dataset(STATUS_PROCESSING_FAILURE, "the step cannot be recorded now"), None
     reply = Dataset()
     if not requested_uid:
         reply.AffectedSOPInstanceUID = sop_instance_uid
@@ -188,7 +168,7 @@ def handle_mpps_create(event: Event) -> tuple[Status, Dataset | None]:
 def handle_mpps_set(event: Event) -> tuple[Status, Dataset | None]:
     """Update an MPPS instance (PS3.4 F.7.2.2): COMPLETED or DISCONTINUED ends the exam."""
     close_old_connections()
-    ae_title, address = _calling(event)
+    ae_title, address = calling(event)
     sop_instance_uid = str(cast(N_SET, event.request).RequestedSOPInstanceUID)
     try:
         modifications = event.modification_list
@@ -200,7 +180,7 @@ def handle_mpps_set(event: Event) -> tuple[Status, Dataset | None]:
         return _mpps_failure(exc), None
     except Exception:  # the details go to the log, not to the peer
         logger.exception("MPPS N-SET from %s failed", ae_title)
-        return _status(STATUS_PROCESSING_FAILURE, "the step cannot be updated now"), None
+        return status_dataset(STATUS_PROCESSING_FAILURE, "the step cannot be updated now"), None
     return _outcome(result), None
 
 
@@ -208,7 +188,7 @@ def _outcome(result: services.MppsResult) -> Status:
     if not result.warnings:
         return STATUS_SUCCESS
     keyword, why = result.warnings[0]
-    return _status(STATUS_ATTRIBUTE_VALUE_OUT_OF_RANGE, f"{keyword}: {why}")
+    return status_dataset(STATUS_ATTRIBUTE_VALUE_OUT_OF_RANGE, f"{keyword}: {why}")
 
 
 def mpps_service(ae: ApplicationEntity) -> list[EventHandler]:
@@ -217,6 +197,4 @@ def mpps_service(ae: ApplicationEntity) -> list[EventHandler]:
     return [
         (evt.EVT_N_CREATE, handle_mpps_create),
         (evt.EVT_N_SET, handle_mpps_set),
-        (evt.EVT_RELEASED, _release_database),
-        (evt.EVT_ABORTED, _release_database),
     ]
