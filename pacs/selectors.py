@@ -15,7 +15,9 @@ from typing import Any
 
 from django.db.models import Count, F, Max, Prefetch, Q, QuerySet, Sum
 from guardian.shortcuts import get_objects_for_user
-from pydicom.datadict import dictionary_VR
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from core import roles
@@ -258,10 +260,24 @@ def build_query(identifier: Dataset, model: str) -> FindQuery:
     return FindQuery(level=level, keys=keys, conditions=conditions)
 
 
-def _queryset(query: FindQuery) -> QuerySet[Any]:
+# How each level's rows reach their study, for restricting a query to visible studies.
+_STUDY_LOOKUP = {
+    PATIENT: "pk__in",
+    STUDY: "pk__in",
+    SERIES: "study__in",
+    IMAGE: "series__study__in",
+}
+
+
+def level_rows(query: FindQuery, visible: QuerySet[Study] | None = None) -> QuerySet[Any]:
+    """The rows matching QUERY at its level, among VISIBLE studies when given, in a stable order."""
+    conditions = query.conditions
+    if visible is not None:
+        lookup = _STUDY_LOOKUP[query.level]
+        conditions &= Q(**{lookup: visible.order_by().values("pk")})
     if query.level == PATIENT:
         return (
-            Study.objects.filter(query.conditions)
+            Study.objects.filter(conditions)
             .values("dicom_patient_id", "issuer_of_patient_id")
             .annotate(
                 name=Max("patient_name"),
@@ -274,10 +290,18 @@ def _queryset(query: FindQuery) -> QuerySet[Any]:
             .order_by("dicom_patient_id", "issuer_of_patient_id")
         )
     if query.level == STUDY:
-        return Study.objects.filter(query.conditions).order_by("study_date", "id")
+        return Study.objects.filter(conditions).order_by("study_date", "id")
     if query.level == SERIES:
-        return Series.objects.filter(query.conditions).select_related("study").order_by("id")
-    return Instance.objects.filter(query.conditions).select_related("series__study").order_by("id")
+        return (
+            Series.objects.filter(conditions)
+            .select_related("study")
+            .order_by("study_id", "series_number", "id")
+        )
+    return (
+        Instance.objects.filter(conditions)
+        .select_related("series__study")
+        .order_by("series__study_id", "series_id", "instance_number", "id")
+    )
 
 
 def records_of(row: Any, level: str) -> dict[str, Any]:
@@ -334,26 +358,38 @@ def find(identifier: Dataset, model: str, *, retrieve_ae_title: str) -> Iterator
     )
 
 
+def response_identifier(records: dict[str, Any], keys: list[str]) -> Dataset:
+    """One response identifier holding KEYS read from the index RECORDS of a match."""
+    response = Dataset()
+    non_ascii = False
+    for keyword in keys:
+        value = index_value(keyword, records)
+        value = "" if value is None else value  # every key asked for is answered
+        response.add(
+            DataElement(
+                tag_for_keyword(keyword),  # type: ignore[arg-type]
+                dictionary_VR(keyword),
+                value,
+                validation_mode=pydicom_config.IGNORE,
+            )
+        )
+        if isinstance(value, str) and not value.isascii():
+            non_ascii = True
+    # PS3.5 6.1.2.3: answer in UTF-8 whenever a value needs more than ASCII.
+    if non_ascii:
+        response.SpecificCharacterSet = "ISO_IR 192"
+    return response
+
+
 def matches(query: FindQuery, identifier: Dataset, *, retrieve_ae_title: str) -> Iterator[Dataset]:
     """Yield the response identifiers of QUERY (built from IDENTIFIER), streaming the rows."""
-    for row in _queryset(query).iterator(chunk_size=500):
-        records = records_of(row, query.level)
-        response = Dataset()
+    for row in level_rows(query).iterator(chunk_size=500):
+        response = response_identifier(records_of(row, query.level), query.keys)
         response.QueryRetrieveLevel = query.level
-        non_ascii = False
-        for keyword in query.keys:
-            value = index_value(keyword, records)
-            value = "" if value is None else value  # C-FIND returns every key asked for
-            setattr(response, keyword, value)
-            if isinstance(value, str) and not value.isascii():
-                non_ascii = True
         if "RetrieveAETitle" in identifier:
             response.RetrieveAETitle = retrieve_ae_title
         if "InstanceAvailability" in identifier:
             response.InstanceAvailability = "ONLINE"
-        # PS3.5 6.1.2.3: answer in UTF-8 whenever a value needs more than ASCII.
-        if non_ascii:
-            response.SpecificCharacterSet = "ISO_IR 192"
         yield response
 
 

@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from pacs.models import Instance, Series, Study
+from pacs.models import Study
 from pacs.selectors import (
     ATTRIBUTES,
     IMAGE,
@@ -27,8 +27,9 @@ from pacs.selectors import (
     STUDY,
     STUDY_ROOT,
     build_query,
-    index_value,
+    level_rows,
     records_of,
+    response_identifier,
 )
 
 # Results per response at most, whatever limit asks (PS3.18 8.3.4.4: the server may cap).
@@ -182,53 +183,17 @@ def _return_keys(level: str, top: str, includes: list[str], include_all: bool) -
     return list(dict.fromkeys(keys))
 
 
-def _queryset(level: str, conditions: Q, visible: QuerySet[Study]) -> QuerySet[Any]:
-    visible_pks = visible.order_by().values("pk")
-    if level == STUDY:
-        return Study.objects.filter(conditions, pk__in=visible_pks).order_by("study_date", "id")
-    if level == SERIES:
-        return (
-            Series.objects.filter(conditions, study__in=visible_pks)
-            .select_related("study")
-            .order_by("study_id", "series_number", "id")
-        )
-    return (
-        Instance.objects.filter(conditions, series__study__in=visible_pks)
-        .select_related("series__study")
-        .order_by("series__study_id", "series_id", "instance_number", "id")
-    )
-
-
 def search(
     parsed: Search, visible: QuerySet[Study], retrieve_url: Callable[[dict[str, Any]], str]
 ) -> tuple[list[Dataset], bool]:
     """The matches of PARSED among VISIBLE studies, and whether more follow past the limit."""
     query = build_query(parsed.identifier, STUDY_ROOT)
-    rows = list(
-        _queryset(query.level, query.conditions, visible)[
-            parsed.offset : parsed.offset + parsed.limit + 1
-        ]
-    )
+    rows = list(level_rows(query, visible)[parsed.offset : parsed.offset + parsed.limit + 1])
     more = len(rows) > parsed.limit
     results = []
     for row in rows[: parsed.limit]:
         records = records_of(row, parsed.level)
-        response = Dataset()
-        non_ascii = False
-        for keyword in parsed.keys:
-            value = index_value(keyword, records)
-            response.add(
-                DataElement(
-                    tag_for_keyword(keyword),  # type: ignore[arg-type]
-                    dictionary_VR(keyword),
-                    value,
-                    validation_mode=pydicom_config.IGNORE,
-                )
-            )
-            if isinstance(value, str) and not value.isascii():
-                non_ascii = True
-        if non_ascii:
-            response.SpecificCharacterSet = "ISO_IR 192"
+        response = response_identifier(records, parsed.keys)
         response.RetrieveURL = retrieve_url(records)
         results.append(response)
     return results, more
