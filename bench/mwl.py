@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -160,35 +160,11 @@ def populate(database_url: str, steps: int) -> dt.date:
 
 def query_file(folder: Path, name: str, **keys: str) -> Path:
     """A modality's MWL query, with its usual return keys, as a Part 10 file for findscu."""
-    ds = Dataset()
+    sys.path.insert(0, str(common.ROOT))
+    from tests.mwl_query import worklist_query
+
+    ds = worklist_query(**keys)
     ds.SpecificCharacterSet = "ISO_IR 192"
-    for keyword in (
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "PatientSex",
-        "AccessionNumber",
-        "ReferringPhysicianName",
-        "RequestedProcedureID",
-        "RequestedProcedureDescription",
-        "StudyInstanceUID",
-        "AdmissionID",
-    ):
-        setattr(ds, keyword, keys.pop(keyword, ""))
-    item = Dataset()
-    for keyword in (
-        "ScheduledStationAETitle",
-        "ScheduledProcedureStepStartDate",
-        "ScheduledProcedureStepStartTime",
-        "Modality",
-        "ScheduledPerformingPhysicianName",
-        "ScheduledProcedureStepDescription",
-        "ScheduledProcedureStepID",
-        "ScheduledStationName",
-    ):
-        setattr(item, keyword, keys.pop(keyword, ""))
-    ds.ScheduledProcedureStepSequence = [item]
-    ds.RequestedProcedureCodeSequence = []
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.31")  # MWL FIND
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()

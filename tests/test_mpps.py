@@ -16,6 +16,7 @@ from core.models import AuditEvent
 from ris import services
 from ris.models import Order, RequestedProcedure, ScheduledProcedureStep
 from tests import factories
+from tests.mwl_query import worklist_query
 from tests.worklist_scu import (
     WORKLIST_SERVICES,
     association,
@@ -25,7 +26,6 @@ from tests.worklist_scu import (
     n_create,
     n_set,
     running_scp,
-    worklist_query,
 )
 from worklist.dimse import (
     ERROR_ID_MAY_NO_LONGER_BE_UPDATED,

@@ -20,6 +20,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from ris import services
 from ris.models import Order
 from tests import factories
+from tests.mwl_query import worklist_query
 from tests.worklist_scu import (
     MODALITY_AE,
     SCP_AE,
@@ -29,7 +30,6 @@ from tests.worklist_scu import (
     n_create,
     n_set,
     running_scp,
-    worklist_query,
 )
 from worklist.dimse import STATUS_SUCCESS
 from worklist.models import PerformedProcedureStep

@@ -22,6 +22,7 @@ from core.models import AuditEvent
 from ris import services
 from ris.models import Order
 from tests import dcmtk, factories
+from tests.mwl_query import worklist_query
 from tests.netutil import DEADLINE, wait_until
 from tests.worklist_scu import (
     MODALITY_AE,
@@ -30,7 +31,6 @@ from tests.worklist_scu import (
     association,
     find,
     running_scp,
-    worklist_query,
 )
 from worklist import selectors
 from worklist.dimse import (
