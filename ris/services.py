@@ -250,6 +250,7 @@ def merge_patients(
             f"Patient {merged.pk} was already merged into {merged.merged_into_id}."
         )
     Order.objects.filter(patient=merged).update(patient=survivor)
+    merged_identifiers = list(merged.identifiers.select_related("issuer").order_by("id"))
     PatientIdentifier.objects.filter(patient=merged).update(patient=survivor, is_alias=True)
     for grant in UserObjectPermission.objects.filter(
         content_type__app_label="ris", content_type__model="patient", object_pk=str(merged.pk)
@@ -269,7 +270,13 @@ def merge_patients(
     kwargs = _audit_kwargs(actor, channel, source_address, actor_name)
     audit.record(audit.Action.UPDATE, survivor, detail=detail, **kwargs)
     audit.record(audit.Action.UPDATE, merged, detail=detail, **kwargs)
-    signals.patients_merged.send(Patient, survivor=survivor, merged=merged, actor=actor)
+    signals.patients_merged.send(
+        Patient,
+        survivor=survivor,
+        merged=merged,
+        merged_identifiers=merged_identifiers,
+        actor=actor,
+    )
     return survivor
 
 

@@ -11,7 +11,8 @@ from django.dispatch import Signal
 
 # sender=Patient; kwargs: patient, changed (field names), actor
 patient_updated = Signal()
-# sender=Patient; kwargs: survivor, merged, actor
+# sender=Patient; kwargs: survivor, merged, merged_identifiers (the merged patient's own,
+# as they were before they moved to the survivor as aliases), actor
 patients_merged = Signal()
 # sender=Order; kwargs: order, old_status, new_status, actor
 order_status_changed = Signal()

@@ -86,6 +86,7 @@ def all_built(version: str) -> dict[str, str]:
         "DFT^P03": builders.dft_p03(PATIENT, [CHARGE, CHARGE], env),
         "ORM^O01": builders.orm_status(PATIENT, ORDER, builders.ORDER_IN_PROCESS, env),
         "ADT^A08": builders.adt_a08(PATIENT, env),
+        "ADT^A40": builders.adt_a40(PATIENT, [Identifier("OLD-7", "HOSP", "MR")], env),
     }
 
 
@@ -126,7 +127,7 @@ def make_due() -> None:
 
 
 @pytest.mark.parametrize("version", ["2.4", "2.5", "2.5.1"])
-@pytest.mark.parametrize("message_type", ["ORU^R01", "DFT^P03", "ADT^A08"])
+@pytest.mark.parametrize("message_type", ["ORU^R01", "DFT^P03", "ADT^A08", "ADT^A40"])
 def test_built_messages_pass_hl7apy_strict_validation(version: str, message_type: str) -> None:
     text = all_built(version)[message_type]
     message = parse_message(text, find_groups=True, validation_level=VALIDATION_LEVEL.STRICT)
@@ -234,6 +235,27 @@ def test_messages_go_only_to_enabled_destinations_that_want_them() -> None:
     assert (row.destination, row.message_type) == (adt_dest, "ADT^A08")
     pid = er7.parse(row.raw).first("PID")
     assert pid is not None and pid.value(5, 2) == "ALEXA"
+
+
+@pytestmark_db
+def test_a_merge_tells_the_his_which_identifiers_now_name_the_survivor() -> None:
+    destination(3001, "ADT")
+    survivor = factories.patient(family="Keptperson")
+    merged = factories.patient(family="Goneperson")
+    old = [(i.value, i.issuer.namespace_id) for i in merged.identifiers.select_related("issuer")]
+    assert old, "the factory gives every patient an identifier"
+    services.merge_patients(survivor, merged)
+    [row] = OutboundMessage.objects.all()
+    assert row.message_type == "ADT^A40" and row.patient == survivor
+    message = er7.parse(row.raw)
+    pid, mrg = message.first("PID"), message.first("MRG")
+    assert pid is not None and mrg is not None
+    assert pid.value(5, 1).upper() == "KEPTPERSON"
+    prior = [
+        (mrg.value(1, 1, rep=rep), mrg.value(1, 4, rep=rep))
+        for rep in range(len(mrg.repetitions(1)))
+    ]
+    assert prior == old
 
 
 @pytestmark_db

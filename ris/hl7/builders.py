@@ -1,4 +1,4 @@
-"""Outbound HL7 v2 messages from plain data: ORU^R01, DFT^P03, ORM^O01 status, ADT^A08.
+"""Outbound HL7 v2 messages from plain data: ORU^R01, DFT^P03, ORM^O01 status, ADT^A08/A40.
 
 No Django here: the callers (ris.hl7.outbox) turn rows into these dataclasses, so the
 reporting and billing code can call the same builders with their own data. Each
@@ -375,4 +375,15 @@ def adt_a08(patient: PatientIdentity, envelope: Envelope) -> str:
     builder.add("EVN", {1: "A08", 2: builder.time(envelope.created_at)})
     builder.pid(patient)
     builder.pv1()
+    return builder.text()
+
+
+def adt_a40(survivor: PatientIdentity, merged: Sequence[Identifier], envelope: Envelope) -> str:
+    """Return the ADT^A40 telling that the patient known by MERGED is now SURVIVOR."""
+    builder = _Builder(envelope)
+    builder.msh("ADT", "A40", "ADT_A39")
+    builder.add("EVN", {1: "A40", 2: builder.time(envelope.created_at)})
+    builder.pid(survivor)
+    # MRG-1, prior patient identifier list: every identifier the merged record had.
+    builder.add("MRG", {1: [_join([i.value, "", "", i.issuer, i.type]) for i in merged]})
     return builder.text()

@@ -29,7 +29,7 @@ from ris.hl7.inbound import current_sender
 from ris.hl7.mllp import FrameDecoder, encode_frame
 from ris.hl7.models import CODECS, Destination, OutboundMessage
 from ris.hl7.parsing import Identifier
-from ris.models import Order, Patient
+from ris.models import Order, Patient, PatientIdentifier
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +227,23 @@ def enqueue_patient_update(patient: Patient) -> list[OutboundMessage]:
         "ADT^A08",
         lambda envelope: builders.adt_a08(identity, envelope),
         patient=patient,
+        destinations=targets,
+    )
+
+
+def enqueue_patient_merge(
+    survivor: Patient, merged_identifiers: Sequence[PatientIdentifier]
+) -> list[OutboundMessage]:
+    """Queue the ADT^A40 telling that MERGED_IDENTIFIERS now name SURVIVOR."""
+    targets = destinations_for("ADT")
+    if not targets:
+        return []
+    identity = patient_identity(survivor)
+    prior = [Identifier(i.value, i.issuer.namespace_id, i.type) for i in merged_identifiers]
+    return enqueue(
+        "ADT^A40",
+        lambda envelope: builders.adt_a40(identity, prior, envelope),
+        patient=survivor,
         destinations=targets,
     )
 

@@ -11,8 +11,8 @@ from typing import Any
 from django.dispatch import receiver
 
 from ris.hl7 import builders, outbox
-from ris.models import Order, Patient
-from ris.signals import order_status_changed, patient_updated
+from ris.models import Order, Patient, PatientIdentifier
+from ris.signals import order_status_changed, patient_updated, patients_merged
 
 # Order status -> HL7 table 0038 (ORC-5) as the placer hears it.
 ORDER_STATUS_CODES = {
@@ -29,6 +29,13 @@ REPORTED_STATUSES = (Order.Status.IN_PROGRESS, Order.Status.COMPLETED, Order.Sta
 @receiver(patient_updated, sender=Patient, dispatch_uid="hl7-adt-a08-out")
 def send_patient_update(sender: Any, patient: Patient, **kwargs: Any) -> None:
     outbox.enqueue_patient_update(patient)
+
+
+@receiver(patients_merged, sender=Patient, dispatch_uid="hl7-adt-a40-out")
+def send_patient_merge(
+    sender: Any, survivor: Patient, merged_identifiers: list[PatientIdentifier], **kwargs: Any
+) -> None:
+    outbox.enqueue_patient_merge(survivor, merged_identifiers)
 
 
 @receiver(order_status_changed, sender=Order, dispatch_uid="hl7-orm-status-out")
