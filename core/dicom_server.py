@@ -23,9 +23,13 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from core.dicom_reactor import FastAssociationServer
 from core.dicom_values import is_valid_ae_title
-from core.listeners import Writer, announce, format_address, stop_signals
+from core.listeners import BeatStandIn, Writer, announce, format_address, stop_signals
 
 logger = logging.getLogger(__name__)
+
+# The beat entries the DICOM listener runs itself when there is no broker: the archive's
+# sweeps (storage commitment results not sent yet, stored headers due for a rewrite).
+BEAT_TASK_PREFIXES = ("pacs.tasks.sweep_",)
 
 EventHandler = tuple[Any, ...]
 DicomService = Callable[[ApplicationEntity], list[EventHandler]]
@@ -212,16 +216,26 @@ def start(
     *,
     block: bool = True,
     stdout: Writer | None = None,
+    sweep: bool = False,
 ) -> ThreadedAssociationServer:
-    """Listen on ADDRESS:PORT (0: any free port); with BLOCK, serve until SIGTERM or SIGINT."""
+    """Listen on ADDRESS:PORT (0: any free port); with BLOCK, serve until SIGTERM or SIGINT.
+
+    With SWEEP, also run the archive's beat entries (commitment reports, header rewrites)
+    for set-ups without beat.
+    """
     if not block:
         return _listen(ae, address, port, stdout)
+    sweeper = BeatStandIn(BEAT_TASK_PREFIXES) if sweep else None
     # The handlers go in before the port opens: a peer that sees the port may stop us.
     with stop_signals() as stop:
         server = _listen(ae, address, port, stdout)
+        if sweeper is not None:
+            sweeper.start()
         try:
             stop.wait()
         finally:
             # Aborts the associations still open and closes the listening socket.
             ae.shutdown()
+            if sweeper is not None:
+                sweeper.stop()
     return server

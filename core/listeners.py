@@ -6,10 +6,14 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Protocol
+
+from django.conf import settings
+from django.db import connections
 
 logger = logging.getLogger(__name__)
 
@@ -50,3 +54,39 @@ def announce(line: str, stdout: Writer | None) -> None:
     out = stdout or sys.stdout
     out.write(line + "\n")
     out.flush()
+
+
+class BeatStandIn(threading.Thread):
+    """Without a broker there is no beat: run the beat entries whose task names start with
+    one of PREFIXES here, each on its own schedule (the listener's app sweeps for itself).
+    """
+
+    def __init__(self, prefixes: tuple[str, ...], *, interval: float | None = None) -> None:
+        super().__init__(name=f"beat-stand-in[{','.join(prefixes)}]", daemon=True)
+        schedule: dict[str, dict[str, Any]] = settings.CELERY_BEAT_SCHEDULE
+        self.entries = {
+            str(entry["task"]): float(interval or entry["schedule"])
+            for entry in schedule.values()
+            if str(entry["task"]).startswith(prefixes)
+        }
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        from config.celery import app
+
+        due = {task: time.monotonic() + every for task, every in self.entries.items()}
+        while due and not self.stopped.wait(max(0.0, min(due.values()) - time.monotonic())):
+            for task, at in due.items():
+                if at > time.monotonic():
+                    continue
+                try:
+                    app.tasks[task].apply(throw=True)
+                except Exception:  # keep sweeping: the next round may find the database back
+                    logger.exception("%s failed", task)
+                finally:
+                    connections.close_all()
+                due[task] = time.monotonic() + self.entries[task]
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=max(self.entries.values(), default=0) + 30)

@@ -20,11 +20,12 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message, parse_segment
 
 from config.celery import app as celery_app
+from core.listeners import BeatStandIn
 from ris import services
 from ris.hl7 import ack, builders, er7, inbound, outbox, tasks
 from ris.hl7.models import Destination, OutboundMessage
 from ris.hl7.parsing import Identifier
-from ris.hl7.server import OutboxSweeper
+from ris.hl7.server import BEAT_TASK_PREFIXES
 from ris.models import Order
 from tests import factories
 from tests.celery_worker import celery_worker
@@ -482,7 +483,7 @@ def test_the_listener_sweeps_the_outbox_when_there_is_no_beat(
     destination(receiver.port, "ORU")
     rows = enqueue_reports(3)
     receiver.up()
-    sweeper = OutboxSweeper(0.05)
+    sweeper = BeatStandIn(BEAT_TASK_PREFIXES, interval=0.05)
     sweeper.start()
     try:
         wait_until(

@@ -21,6 +21,8 @@ from pydicom.uid import MRImageStorage
 from pynetdicom import AE, build_context, evt
 from pynetdicom.events import Event
 
+from core.dicom_server import BEAT_TASK_PREFIXES
+from core.listeners import BeatStandIn
 from pacs import commitment, tasks
 from pacs.models import Instance, StorageCommitment
 from pacs.services import add_node
@@ -407,3 +409,28 @@ def test_the_admin_lists_results_and_sends_failed_ones_again(
     # The administrator role may read the requests; the front desk may not.
     assert login(personas.admin).get(url).status_code == 200
     assert login(personas.front_desk).get(url).status_code in (302, 403)
+
+
+def test_without_a_broker_the_dicom_listener_sweeps_the_results_itself(settings: Any) -> None:
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    add_node(MODALITY_AE, "127.0.0.1", _free_port())
+    request = commitment.CommitmentRequest(make.uid(), [(str(MRImageStorage), make.uid())])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(commitment, "queue_report", lambda *_args, **_kwargs: None)  # lost
+        record = commitment.record_request(
+            request, calling_ae_title=MODALITY_AE, called_ae_title=ARCHIVE_AE
+        )
+    assert record.attempts == 0
+    sweeper = BeatStandIn(BEAT_TASK_PREFIXES, interval=0.05)
+    assert set(sweeper.entries) == {
+        "pacs.tasks.sweep_commitment_reports",
+        "pacs.tasks.sweep_header_rewrites",
+    }
+    sweeper.start()
+    try:
+        wait_until(
+            lambda: StorageCommitment.objects.filter(pk=record.pk, attempts__gte=1).first(),
+            what="the stand-in for beat to try sending the result",
+        )
+    finally:
+        sweeper.stop()

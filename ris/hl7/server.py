@@ -16,11 +16,14 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import connections
 
-from core.listeners import Writer, announce, format_address, stop_signals
+from core.listeners import BeatStandIn, Writer, announce, format_address, stop_signals
 from ris.hl7 import ack, inbound
 from ris.hl7.mllp import MAX_FRAME_SIZE, FrameDecoder, FrameTooLarge, encode_frame
 
 logger = logging.getLogger(__name__)
+
+# The beat entries this listener runs itself when there is no broker.
+BEAT_TASK_PREFIXES = ("ris.hl7.",)
 
 # Seconds a connection may stay silent before it is closed; senders reconnect as needed.
 READ_TIMEOUT = 300.0
@@ -145,30 +148,6 @@ def build_server(address: str, port: int, *, read_timeout: float = READ_TIMEOUT)
     return MLLPServer((address, port), respond, read_timeout=read_timeout)
 
 
-class OutboxSweeper(threading.Thread):
-    """Without a broker there is no beat: sweep the outbox every INTERVAL seconds."""
-
-    def __init__(self, interval: float) -> None:
-        super().__init__(name="hl7-outbox-sweeper", daemon=True)
-        self.interval = interval
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        from ris.hl7 import outbox
-
-        while not self.stopped.wait(self.interval):
-            try:
-                outbox.sweep()
-            except Exception:  # keep sweeping: the next round may find the database back
-                logger.exception("HL7 outbox sweep failed")
-            finally:
-                connections.close_all()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=self.interval + 30)
-
-
 def _listen(address: str, port: int, read_timeout: float, stdout: Writer | None) -> MLLPServer:
     server = build_server(address, port, read_timeout=read_timeout)
     thread = threading.Thread(
@@ -190,15 +169,16 @@ def start(
     block: bool = True,
     read_timeout: float = READ_TIMEOUT,
     stdout: Writer | None = None,
-    sweep_interval: float | None = None,
+    sweep: bool = False,
 ) -> MLLPServer:
     """Listen on ADDRESS:PORT; with BLOCK, serve until SIGTERM or SIGINT, then stop.
 
-    With SWEEP_INTERVAL, also sweep the outbox that often (for set-ups without beat).
+    With SWEEP, also run the HL7 interface's beat entries (the outbox sweep) for set-ups
+    without beat.
     """
     if not block:
         return _listen(address, port, read_timeout, stdout)
-    sweeper = OutboxSweeper(sweep_interval) if sweep_interval else None
+    sweeper = BeatStandIn(BEAT_TASK_PREFIXES) if sweep else None
     with stop_signals() as stop:
         server = _listen(address, port, read_timeout, stdout)
         if sweeper is not None:

@@ -10,8 +10,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from core.dicom_server import build_ae, start, validate_ae_title
-from core.listeners import stop_signals
+from core.dicom_server import BEAT_TASK_PREFIXES, build_ae, start, validate_ae_title
+from core.listeners import BeatStandIn, stop_signals
 
 # A worker process that dies is started again after this many seconds.
 RESTART_DELAY = 1.0
@@ -52,7 +52,9 @@ class Command(BaseCommand):
         ae = build_ae(ae_title)
         ae.reuse_port = options["worker"]
         try:
-            start(ae, address, port, block=True, stdout=self.stdout)
+            # No broker, no beat: the listener (one per machine) runs the archive's sweeps.
+            sweep = settings.CELERY_TASK_ALWAYS_EAGER and not options["worker"]
+            start(ae, address, port, block=True, stdout=self.stdout, sweep=sweep)
         except OSError as exc:
             raise CommandError(f"cannot listen on {address}:{port}: {exc}") from exc
         self.stdout.write("DICOM listener stopped")
@@ -71,8 +73,11 @@ class Command(BaseCommand):
             "--ae-title",
             ae_title,
         ]
+        sweeper = BeatStandIn(BEAT_TASK_PREFIXES) if settings.CELERY_TASK_ALWAYS_EAGER else None
         with stop_signals() as stop:
             workers = [subprocess.Popen(command) for _ in range(count)]  # noqa: S603
+            if sweeper is not None:
+                sweeper.start()
             self.stdout.write(f"DICOM supervisor: {count} processes on {address}:{port}")
             while not stop.wait(0.5):
                 for index, worker in enumerate(workers):
@@ -87,4 +92,6 @@ class Command(BaseCommand):
                     worker.send_signal(signal.SIGTERM)
             for worker in workers:
                 worker.wait(timeout=60)
+            if sweeper is not None:
+                sweeper.stop()
         self.stdout.write("DICOM listener stopped")

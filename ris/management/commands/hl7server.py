@@ -38,9 +38,7 @@ class Command(BaseCommand):
                 read_timeout=options["read_timeout"],
                 stdout=self.stdout,
                 # No broker, no beat: the listener sends what the outbox holds.
-                sweep_interval=(
-                    settings.HL7_OUTBOX_SWEEP_SECONDS if settings.CELERY_TASK_ALWAYS_EAGER else None
-                ),
+                sweep=settings.CELERY_TASK_ALWAYS_EAGER,
             )
         except OSError as exc:
             raise CommandError(f"cannot listen on {address}:{port}: {exc}") from exc
