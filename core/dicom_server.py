@@ -22,6 +22,7 @@ from pynetdicom.ae import ApplicationEntity
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
+from core import dicom_codec
 from core.dicom_reactor import FastAssociationServer
 from core.dicom_values import is_valid_ae_title
 from core.listeners import BeatStandIn, Writer, announce, format_address, stop_signals
@@ -73,8 +74,10 @@ class ArchiveAE(ApplicationEntity):
         ApplicationEntity.require_calling_aet.fset(self, ae_titles)  # type: ignore[attr-defined]
 
     def make_server(self, address: Any, *args: Any, **kwargs: Any) -> Any:
-        """Serve with core.dicom_reactor's waking loops, unless DICOM_TUNED_TRANSPORT is off."""
+        """Serve with core.dicom_reactor's waking loops and core.dicom_codec's writer,
+        unless DICOM_TUNED_TRANSPORT is off."""
         if settings.DICOM_TUNED_TRANSPORT:
+            dicom_codec.install()
             kwargs["server_class"] = _SharedPortServer if self.reuse_port else FastAssociationServer
         return super().make_server(address, *args, **kwargs)
 
