@@ -30,11 +30,13 @@ migrate: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py create_roles
 
-## seed: demo users, procedure catalogue, rooms, patients and today's orders (once), and
+## seed: demo users, procedure catalogue, rooms, patients and today's orders (once), the
+## default report templates of each modality (once), and
 ## DCMTK's default AE titles as known DICOM nodes on this machine, so that its tools may try it
 DEMO_NODES := ECHOSCU STORESCU FINDSCU MOVESCU GETSCU
 seed: migrate
 	$(BIN)/python manage.py seed_demo
+	$(BIN)/python manage.py load_report_templates
 	@for ae in $(DEMO_NODES); do $(BIN)/python manage.py dicomnode add $$ae 127.0.0.1 104 \
 		--description "demo: DCMTK on this machine" >/dev/null; done
 
@@ -64,3 +66,9 @@ format: $(VENV)/.installed-test
 
 clean:
 	rm -rf var test-artifacts .pytest_cache .ruff_cache .mypy_cache
+
+## viewer: rebuild the web viewer's bundle in static/viewer/ from frontend/viewer/ (needs node
+## and npm; the built bundle is committed, so `make run` and `make test` do not need them)
+.PHONY: viewer
+viewer:
+	cd frontend/viewer && npm ci --no-audit --no-fund && npm run build

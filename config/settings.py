@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "core",
     "ris",
     "ris.hl7",
+    "ris.billing",
     "worklist",
     "pacs",
     "reporting",
@@ -226,6 +227,11 @@ HL7_TASK_QUEUE = env_str("HL7_TASK_QUEUE", "") or ""
 # Minutes after an exam is performed (MPPS completed) before the boards flag it when no
 # images have been matched to its order.
 EXAM_IMAGES_EXPECTED_MINUTES = env_int("EXAM_IMAGES_EXPECTED_MINUTES", 30, minimum=1)
+# Minutes past the booked start before the boards mark a patient not yet examined as late.
+EXAM_LATE_MINUTES = env_int("EXAM_LATE_MINUTES", 15, minimum=1)
+
+# Minutes a radiologist's claim on a study lasts before another may take it.
+READING_CLAIM_MINUTES = env_int("READING_CLAIM_MINUTES", 30, minimum=1)
 
 # Numbering: accession numbers and the root for UIDs this system makes.
 ACCESSION_PREFIX = env_str("ACCESSION_PREFIX", "A") or ""
@@ -242,6 +248,8 @@ if DICOM_UID_ROOT and (
         "DICOM_UID_ROOT must be digits and dots, end with a dot, at most 40 chars"
     )
 INSTITUTION_NAME = env_str("INSTITUTION_NAME", "Demo Imaging Centre") or ""
+# The report PDF's letterhead: the address under the institution's name ("\n" for new lines).
+INSTITUTION_ADDRESS = (env_str("INSTITUTION_ADDRESS", "") or "").replace("\\n", "\n")
 
 # Celery: with no broker, tasks run in-process (the embedded default).
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "") or ""
@@ -268,6 +276,11 @@ CELERY_BEAT_SCHEDULE = {
     "header-rewrite-sweep": {
         "task": "pacs.tasks.sweep_header_rewrites",
         "schedule": 60.0,
+    },
+    # Signed report versions not yet stored in their study (a lost or failed task).
+    "report-archive-sweep": {
+        "task": "reporting.tasks.sweep_unarchived_reports",
+        "schedule": 300.0,
     },
 }
 

@@ -6,6 +6,7 @@ from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
 from core import views as core_views
+from pacs import viewer as pacs_viewer
 from ris import api as ris_api
 
 router = DefaultRouter()
@@ -20,8 +21,10 @@ urlpatterns = [
     path("core/", include("core.urls")),
     path("ris/", include("ris.urls")),
     path("hl7/", include("ris.hl7.urls")),
+    path("billing/", include("ris.billing.urls")),
     path("pacs/", include("pacs.urls")),
     path("dicomweb/", include("pacs.dicomweb.urls")),
+    path("viewer/<str:study_instance_uid>/", pacs_viewer.viewer, name="viewer"),
     path("reporting/", include("reporting.urls")),
     path("api/", include(router.urls)),
     path("admin/", admin.site.urls),

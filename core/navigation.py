@@ -51,9 +51,24 @@ NAV_ITEMS = (
             roles.PATIENT,
         ),
     ),
+    NavItem(
+        "Calendar",
+        "ris:calendar",
+        (roles.FRONT_DESK, roles.TECHNOLOGIST, roles.RADIOLOGIST, roles.ADMINISTRATOR),
+    ),
     NavItem("Reconciliation", "pacs:reconciliation-list", (roles.FRONT_DESK, roles.ADMINISTRATOR)),
+    NavItem("Reading", "reporting:worklist", (roles.RADIOLOGIST, roles.ADMINISTRATOR)),
+    NavItem("Transcription", "reporting:transcription-queue", (roles.TRANSCRIPTIONIST,)),
+    NavItem("Reports", "reporting:report-list", (roles.REFERRING_PHYSICIAN, roles.PATIENT)),
+    NavItem(
+        "Critical findings",
+        "reporting:critical-list",
+        (roles.RADIOLOGIST, roles.REFERRING_PHYSICIAN, roles.ADMINISTRATOR),
+    ),
+    NavItem("Turnaround", "reporting:turnaround", (roles.ADMINISTRATOR,)),
     NavItem("Audit trail", "core:audit-list", (roles.ADMINISTRATOR,)),
     NavItem("HL7", "hl7:message-list", (roles.ADMINISTRATOR,)),
+    NavItem("Billing", "billing:charge-list", (roles.FRONT_DESK, roles.ADMINISTRATOR)),
     NavItem("Admin", "admin:index", (roles.ADMINISTRATOR,), staff_only=True),
 )
 

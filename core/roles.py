@@ -58,7 +58,12 @@ ROLES: dict[str, Role] = {
             *_crud("ris", "order", "add", "change"),
             *_crud("ris", "requestedprocedure", "add", "change"),
             *_crud("ris", "scheduledprocedurestep", "add", "change"),
+            "ris.schedule_order",  # book, move and cancel in the calendar
             *_crud("pacs", "reconciliationitem", "view", "change"),
+            # Billing: the charge list and its CSV; the patients' insurance coverage.
+            *_crud("billing", "charge", "view"),
+            "billing.export_charge",
+            *_crud("billing", "coverage", "view", "add", "change", "delete"),
         ),
     ),
     TECHNOLOGIST: Role(
@@ -66,6 +71,7 @@ ROLES: dict[str, Role] = {
         (
             *_VIEW_CLINICAL,
             *_crud("ris", "scheduledprocedurestep", "change"),
+            "ris.perform_scheduledprocedurestep",  # start, complete, no-show on the board
             *_crud("pacs", "study", "view"),
             *_crud("pacs", "series", "view"),
             *_crud("pacs", "instance", "view"),
@@ -80,6 +86,10 @@ ROLES: dict[str, Role] = {
             *_crud("pacs", "instance", "view"),
             *_crud("reporting", "report", "view", "add", "change"),
             "reporting.sign_report",
+            *_crud("reporting", "addendum", "view", "add"),
+            *_crud("reporting", "dictation", "view", "add"),
+            *_crud("reporting", "readingclaim", "view", "add"),
+            *_crud("reporting", "reporttemplate", "view"),
         ),
     ),
     TRANSCRIPTIONIST: Role(
@@ -88,6 +98,8 @@ ROLES: dict[str, Role] = {
             *_crud("ris", "patient", "view"),
             *_crud("ris", "order", "view"),
             *_crud("reporting", "report", "view", "change"),
+            "reporting.transcribe_report",
+            *_crud("reporting", "dictation", "view"),
         ),
     ),
     # Referring physicians and patients hold no model-wide permission: what they see
@@ -99,14 +111,25 @@ ROLES: dict[str, Role] = {
         (
             *_VIEW_CLINICAL,
             *_crud("core", "auditevent", "view"),
+            # Registration and order entry, as the front desk (register, edit, merge, order).
+            *_crud("ris", "patient", "add", "change"),
+            *_crud("ris", "patientidentifier", "add", "change"),
+            *_crud("ris", "order", "add"),
             *_crud("ris", "proceduretype", "add", "change", "delete"),
             *_crud("ris", "room", "add", "change", "delete"),
+            *_crud("ris", "roomhours", "view", "add", "change", "delete"),
+            "ris.schedule_order",  # book, move and cancel in the calendar
             *_crud("ris", "assigningauthority", "view", "add", "change"),
             *_crud("pacs", "study", "view"),
             *_crud("pacs", "dicomnode", "view", "add", "change", "delete"),
             *_crud("pacs", "storagecommitment", "view"),
             *_crud("pacs", "reconciliationitem", "view", "change"),
             *_crud("reporting", "report", "view"),
+            # Reading: who reads what (reassign), turnaround, the report templates.
+            *_crud("reporting", "readingclaim", "view"),
+            "reporting.reassign_readingclaim",
+            "reporting.view_turnaround",
+            *_crud("reporting", "reporttemplate", "view", "add", "change", "delete"),
             *_crud("auth", "user", "view", "add", "change"),
             # The HL7 interface page: the message log, re-processing, the outbox.
             *_crud("hl7", "inboundmessage", "view"),
@@ -114,6 +137,12 @@ ROLES: dict[str, Role] = {
             *_crud("hl7", "outboundmessage", "view"),
             "hl7.retry_outboundmessage",
             *_crud("hl7", "destination", "view", "add", "change"),
+            # Billing: capture missing charges, adjust, post (DFT^P03), void, export; coverage.
+            *_crud("billing", "charge", "view", "add", "change"),
+            "billing.post_charge",
+            "billing.void_charge",
+            "billing.export_charge",
+            *_crud("billing", "coverage", "view", "add", "change", "delete"),
         ),
     ),
 }

@@ -40,3 +40,17 @@ def audit_events(criteria: AuditFilter) -> QuerySet[AuditEvent]:
         ) + dt.timedelta(days=1)
         events = events.filter(occurred_at__lt=end)
     return events.order_by("-occurred_at", "-id")
+
+
+# What a timeline shows: the object made, and every change to it.
+TIMELINE_ACTIONS = (AuditEvent.Action.CREATE, AuditEvent.Action.UPDATE)
+
+
+def object_timeline(object_type: str, object_id: object) -> QuerySet[AuditEvent]:
+    """The creation and changes of one object (OBJECT_TYPE, e.g. "ris.order"), oldest first."""
+    return AuditEvent.objects.filter(
+        object_type=object_type,
+        object_id=str(object_id),
+        action__in=TIMELINE_ACTIONS,
+        outcome=AuditEvent.Outcome.SUCCESS,
+    ).order_by("occurred_at", "id")

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
 from django import forms
 
+from core.forms import ModalityAndDatesForm
 from pacs.selectors import StudySearch
 from ris.models import ProcedureType
 
-# Modality (0008,0060) is CS: upper-case letters, digits, space and underscore (PS3.5 6.2).
-_MODALITY = re.compile(r"^[A-Z0-9_ ]{1,16}$")
 COMMON_MODALITIES = ("CT", "MR", "US", "CR", "DX", "MG", "PT", "NM", "XA", "RF", "ES", "XC")
 _WILDCARD_HELP = "* and ? are wildcards"
 
 
-class StudySearchForm(forms.Form):
+class StudySearchForm(ModalityAndDatesForm):
     patient_name = forms.CharField(
         required=False, max_length=64, label="Patient name", help_text=_WILDCARD_HELP
     )
@@ -36,19 +32,6 @@ class StudySearchForm(forms.Form):
     referring_physician = forms.CharField(
         required=False, max_length=64, label="Referring physician", help_text=_WILDCARD_HELP
     )
-
-    def clean_modality(self) -> str:
-        value = str(self.cleaned_data.get("modality") or "").strip().upper()
-        if value and not _MODALITY.match(value):
-            raise forms.ValidationError("A modality is a code such as CT or MR.")
-        return value
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        start, end = data.get("date_from"), data.get("date_to")
-        if start and end and start > end:
-            raise forms.ValidationError("The date range ends before it starts.")
-        return data
 
     def criteria(self) -> StudySearch:
         return StudySearch(**self.cleaned_data)

@@ -10,6 +10,7 @@ urlpatterns = [
     path("studies/<int:pk>/", views.study_detail, name="study-detail"),
     path("studies/<int:pk>/download/", views.study_download, name="study-download"),
     path("studies/<int:pk>/delete/", views.study_delete, name="study-delete"),
+    path("patient-studies/<int:patient_id>/", views.patient_studies, name="patient-studies"),
     path("reconciliation/", views.reconciliation_list, name="reconciliation-list"),
     path("reconciliation/<int:pk>/", views.reconciliation_detail, name="reconciliation-detail"),
     path(

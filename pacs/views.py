@@ -39,6 +39,7 @@ from pacs.forms import (
 from pacs.models import ReconciliationItem, Study
 from pacs.storage import default_storage
 from ris import services as ris_services
+from ris.models import Patient
 
 logger = logging.getLogger(__name__)
 
@@ -334,3 +335,23 @@ def reconciliation_action(request: HttpRequest, pk: int, action: str) -> HttpRes
     except (ValueError, ValidationError) as exc:
         messages.error(request, "; ".join(getattr(exc, "messages", [str(exc)])))
     return _reconciliation_page(request, _reconciliation_item(pk), forms, status=400)
+
+
+@require_GET
+def patient_studies(request: HttpRequest, patient_id: int) -> HttpResponse:
+    """A patient's studies that this person may see: a fragment for the RIS patient page."""
+    patient = Patient.objects.filter(pk=patient_id).first()
+    if patient is None or not can(request.user, "ris.view_patient", patient):
+        if patient is not None:
+            audit.record(
+                audit.Action.DENIED, patient, request=request, outcome=audit.Outcome.FAILURE
+            )
+        raise Http404("No such patient.")  # the same answer whether it exists or not
+    studies = list(selectors.studies_visible_to(request.user).filter(patient=patient))
+    audit.record_query(request, "pacs.study", count=len(studies), criteria=f"patient={patient.pk}")
+    context = {
+        "patient": patient,
+        "studies": studies,
+        "may_open": selectors.may_browse_studies(request.user),
+    }
+    return render(request, "pacs/_patient_studies.html", context)

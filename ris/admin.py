@@ -12,6 +12,7 @@ from ris.models import (
     ProcedureType,
     RequestedProcedure,
     Room,
+    RoomHours,
     ScheduledProcedureStep,
 )
 
@@ -61,10 +62,16 @@ class ProcedureTypeAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     search_fields = ["code", "name", "cpt_code"]
 
 
+class RoomHoursInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = RoomHours
+    extra = 0
+
+
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ["name", "modality", "station_ae_title", "station_name", "location", "active"]
     list_filter = ["modality", "active"]
+    inlines = [RoomHoursInline]
 
 
 class StepInline(admin.TabularInline):  # type: ignore[type-arg]
@@ -121,3 +128,9 @@ class ScheduledProcedureStepAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 @admin.register(NumberSequence)
 class NumberSequenceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ["name", "last_value"]
+
+
+@admin.register(RoomHours)
+class RoomHoursAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["room", "weekday", "opens", "closes"]
+    list_filter = ["room", "weekday"]

@@ -31,7 +31,9 @@ from ris.models import (
     Priority,
     ProcedureType,
     Room,
+    RoomHours,
     Sex,
+    Weekday,
 )
 
 CATALOGUE_FILE = Path(__file__).resolve().parent / "fixtures" / "procedures.csv"
@@ -88,6 +90,18 @@ DEMO_ROOMS = (
     DemoRoom("NM 1", "NM", "NM1", "Nuclear medicine, level -1"),
     DemoRoom("Endoscopy 1", "ES", "ENDO1", "Endoscopy suite"),
 )
+
+
+# Opening hours (local time): weekdays with a lunch break; the emergency room all week.
+WEEKDAYS = (
+    Weekday.MONDAY,
+    Weekday.TUESDAY,
+    Weekday.WEDNESDAY,
+    Weekday.THURSDAY,
+    Weekday.FRIDAY,
+)
+OFFICE_HOURS = ((dt.time(7, 30), dt.time(12, 30)), (dt.time(13, 30), dt.time(18, 0)))
+ROUND_THE_CLOCK_ROOMS = {"CR 1": (dt.time(0, 0), dt.time(23, 59))}
 
 
 @dataclass(frozen=True)
@@ -184,6 +198,7 @@ class DemoSummary:
     users: list[str] = field(default_factory=list)
     procedures: ImportResult = field(default_factory=ImportResult)
     rooms: list[str] = field(default_factory=list)
+    room_hours: list[str] = field(default_factory=list)  # rooms given opening hours
     patients: list[str] = field(default_factory=list)
     orders: list[str] = field(default_factory=list)  # accession numbers
     patient_linked: bool = False
@@ -195,6 +210,7 @@ class DemoSummary:
             or self.procedures.created
             or self.procedures.updated
             or self.rooms
+            or self.room_hours
             or self.patients
             or self.orders
             or self.patient_linked
@@ -206,6 +222,7 @@ class DemoSummary:
                 f"users created: {len(self.users)}",
                 f"procedures: {self.procedures}",
                 f"rooms created: {len(self.rooms)}",
+                f"rooms given opening hours: {len(self.room_hours)}",
                 f"patients registered: {len(self.patients)}",
                 f"orders booked: {len(self.orders)}",
                 f"patient portal account linked: {'yes' if self.patient_linked else 'no'}",
@@ -227,6 +244,7 @@ def seed_demo(*, force: bool = False, today: dt.date | None = None) -> DemoSumma
     users = _ensure_users(summary)
     summary.procedures = import_procedure_catalogue(CATALOGUE_FILE)
     _ensure_rooms(summary)
+    _ensure_room_hours(summary)
     patients = _ensure_patients(summary)
     patient_user = users[PATIENT_USERNAME]
     if not Patient.objects.filter(user=patient_user).exists():
@@ -270,6 +288,25 @@ def _ensure_rooms(summary: DemoSummary) -> None:
             location=demo.location,
         )
         summary.rooms.append(demo.name)
+
+
+def _ensure_room_hours(summary: DemoSummary) -> None:
+    """Give each demo room without opening hours the demo ones; hours set by hand stay."""
+    rooms = Room.objects.filter(name__in=[demo.name for demo in DEMO_ROOMS], hours__isnull=True)
+    for room in rooms:
+        if room.name in ROUND_THE_CLOCK_ROOMS:
+            opens, closes = ROUND_THE_CLOCK_ROOMS[room.name]
+            rows = [
+                RoomHours(room=room, weekday=day, opens=opens, closes=closes) for day in Weekday
+            ]
+        else:
+            rows = [
+                RoomHours(room=room, weekday=day, opens=opens, closes=closes)
+                for day in WEEKDAYS
+                for opens, closes in OFFICE_HOURS
+            ]
+        RoomHours.objects.bulk_create(rows)
+        summary.room_hours.append(room.name)
 
 
 def _ensure_patients(summary: DemoSummary) -> dict[str, Patient]:

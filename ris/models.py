@@ -8,6 +8,7 @@ procedure steps: what the modality worklist serves (PS3.4 K.6.1).
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Upper
 
@@ -31,6 +32,9 @@ class Patient(models.Model):
     phone = models.CharField(max_length=32, blank=True)
     email = models.EmailField(blank=True)
     address = models.TextField(blank=True)
+    # Family, given and middle names upper-cased without accents (ris.names.patient_search_key),
+    # kept by ris.services: "muller" finds "Müller" on SQLite and PostgreSQL alike.
+    search_name = models.CharField(max_length=200, blank=True, editable=False)
     # The patient's own portal account, when they have one.
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL,
@@ -51,6 +55,11 @@ class Patient(models.Model):
         indexes = [
             models.Index(Upper("family_name"), Upper("given_name"), name="patient_name_upper"),
             models.Index(fields=["birth_date"]),
+            models.Index(
+                fields=["search_name"],
+                name="patient_search_name",
+                opclasses=["varchar_pattern_ops"],
+            ),
         ]
 
     def __str__(self) -> str:
@@ -160,6 +169,50 @@ class Room(models.Model):
         return self.name
 
 
+class Weekday(models.IntegerChoices):
+    # Python's date.weekday() numbering.
+    MONDAY = 0, "Monday"
+    TUESDAY = 1, "Tuesday"
+    WEDNESDAY = 2, "Wednesday"
+    THURSDAY = 3, "Thursday"
+    FRIDAY = 4, "Friday"
+    SATURDAY = 5, "Saturday"
+    SUNDAY = 6, "Sunday"
+
+
+class RoomHours(models.Model):
+    """One interval in which a room takes patients on a weekday (local time); several a day."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="hours")
+    weekday = models.PositiveSmallIntegerField(choices=Weekday.choices)
+    opens = models.TimeField()
+    closes = models.TimeField()
+
+    class Meta:
+        ordering = ["room", "weekday", "opens"]
+        verbose_name_plural = "room hours"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(closes__gt=models.F("opens")),
+                name="room_hours_close_after_open",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room} {self.get_weekday_display()} {self.opens:%H:%M}-{self.closes:%H:%M}"
+
+    def clean(self) -> None:
+        if self.opens is None or self.closes is None:
+            return  # the missing field reports itself
+        if self.closes <= self.opens:
+            raise ValidationError({"closes": "A room must close after it opens."})
+        overlapping = RoomHours.objects.filter(
+            room_id=self.room_id, weekday=self.weekday, opens__lt=self.closes, closes__gt=self.opens
+        ).exclude(pk=self.pk)
+        if self.room_id is not None and overlapping.exists():
+            raise ValidationError("These hours overlap other hours of the room on that day.")
+
+
 class Priority(models.TextChoices):
     ROUTINE = "routine", "Routine"
     URGENT = "urgent", "Urgent"
@@ -195,10 +248,17 @@ class Order(models.Model):
     )
     ordered_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Why, by whom and when the order was called off (cancelled, or the patient did not come).
+    cancel_reason = models.TextField(blank=True)
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    cancelled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-ordered_at", "-id"]
         indexes = [models.Index(fields=["status", "priority"])]
+        permissions = [("schedule_order", "Can book, move and cancel bookings")]
 
     def __str__(self) -> str:
         return f"Order {self.accession_number}"
@@ -213,6 +273,9 @@ class RequestedProcedure(models.Model):
         IN_PROGRESS = "in_progress", "In progress"
         COMPLETED = "completed", "Completed"
         IMAGES_RECEIVED = "images_received", "Images received"
+        # Set by the reporting app through ris.services.mark_reported.
+        PRELIMINARY_REPORT = "preliminary_report", "Read (preliminary report)"
+        REPORTED = "reported", "Reported"
         CANCELLED = "cancelled", "Cancelled"
 
     order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="requested_procedures")
@@ -221,7 +284,7 @@ class RequestedProcedure(models.Model):
     description = models.CharField(max_length=64, blank=True)  # (0032,1060)
     # Assigned when ordered, so images come back already matched (IHE SWF).
     study_instance_uid = models.CharField(max_length=64, unique=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.SCHEDULED)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.SCHEDULED)
 
     class Meta:
         ordering = ["order_id", "requested_procedure_id"]
@@ -275,6 +338,7 @@ class ScheduledProcedureStep(models.Model):
             models.Index(fields=["modality", "scheduled_start"]),
             models.Index(fields=["room", "scheduled_start"]),
         ]
+        permissions = [("perform_scheduledprocedurestep", "Can start and complete exams")]
 
     def __str__(self) -> str:
         return f"SPS {self.sps_id} {self.modality} {self.scheduled_start:%Y-%m-%d %H:%M}"

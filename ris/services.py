@@ -33,6 +33,7 @@ from ris.models import (
     Room,
     ScheduledProcedureStep,
 )
+from ris.names import patient_search_key
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ def register_patient(
         email=data.email,
         address=data.address,
     )
+    _set_search_name(patient)
     patient.full_clean()
     patient.save()
     for identifier in data.identifiers:
@@ -155,6 +157,13 @@ def grant_patient_access(patient: Patient, user: User) -> None:
     patient.user = user
     patient.save(update_fields=["user", "updated_at"])
     assign_perm("ris.view_patient", user, patient)
+
+
+def _set_search_name(patient: Patient) -> None:
+    """Refresh PATIENT's search key from its names (see Patient.search_name)."""
+    patient.search_name = patient_search_key(
+        patient.family_name, patient.given_name, patient.middle_name
+    )
 
 
 # Demographic fields a person or an ADT message may change on a patient.
@@ -215,6 +224,7 @@ def update_patient(
         return []
     for name in changed:
         setattr(patient, name, changes[name])
+    _set_search_name(patient)
     patient.full_clean(exclude=["user", "merged_into"])
     patient.save()
     audit.record(
@@ -403,6 +413,14 @@ def check_in(order: Order, *, actor: User | None = None, source_address: str = "
     return order
 
 
+def _record_cancellation(order: Order, reason: str, actor: User | None) -> None:
+    """Keep why, by whom and when ORDER was called off."""
+    order.cancel_reason = reason
+    order.cancelled_by = actor
+    order.cancelled_at = timezone.now()
+    order.save(update_fields=["cancel_reason", "cancelled_by", "cancelled_at", "updated_at"])
+
+
 @transaction.atomic
 def cancel_order(
     order: Order,
@@ -422,6 +440,7 @@ def cancel_order(
         )
     if not reason.strip():
         raise ValidationError({"reason": "A cancellation needs a reason."})
+    _record_cancellation(order, reason.strip(), actor)
     _set_order_status(order, Order.Status.CANCELLED, actor)
     RequestedProcedure.objects.filter(order=order).update(
         status=RequestedProcedure.Status.CANCELLED
@@ -650,6 +669,44 @@ def discontinue_exam(
     )
 
 
+@transaction.atomic
+def mark_no_show(
+    step: ScheduledProcedureStep,
+    reason: str,
+    *,
+    actor: User | None = None,
+    actor_name: str = "",
+    channel: str | None = audit.Channel.WEB,
+    source_address: str = "",
+) -> ScheduledProcedureStep:
+    """Mark STEP's patient as not come for REASON; an order left with no open step is called off."""
+    if not reason.strip():
+        raise ValidationError({"reason": "A no-show needs a reason."})
+    orders, locked = _lock_exam([step])
+    _refuse(locked, _OPEN_STEP_STATES, "marked as a no-show")
+    ScheduledProcedureStep.objects.filter(pk=step.pk).update(
+        status=ScheduledProcedureStep.Status.NO_SHOW, updated_at=timezone.now()
+    )
+    open_steps = ScheduledProcedureStep.objects.exclude(status__in=_FINISHED_STEP_STATES)
+    RequestedProcedure.objects.filter(pk=locked[0].requested_procedure_id).exclude(
+        pk__in=open_steps.values("requested_procedure_id")
+    ).update(status=RequestedProcedure.Status.CANCELLED)
+    for order in orders:
+        if not open_steps.filter(requested_procedure__order_id=order.pk).exists():
+            _record_cancellation(order, f"No-show: {reason.strip()}", actor)
+            _set_order_status(order, Order.Status.CANCELLED, actor)
+    _audit_exam(
+        orders,
+        f"no-show: SPS {_sps_ids(locked)}: {reason.strip()}",
+        actor=actor,
+        actor_name=actor_name,
+        channel=channel,
+        source_address=source_address,
+    )
+    locked[0].refresh_from_db(fields=["status", "updated_at"])
+    return locked[0]
+
+
 # Writes the HL7 interface needs beyond the front desk's: identifiers learnt from an ADT
 # message, and an order changed by its placer (ORM^O01 XO).
 
@@ -784,6 +841,8 @@ def mark_images_received(
         changed.append("study_instance_uid")
     if locked.status not in (
         RequestedProcedure.Status.IMAGES_RECEIVED,
+        RequestedProcedure.Status.PRELIMINARY_REPORT,
+        RequestedProcedure.Status.REPORTED,
         RequestedProcedure.Status.CANCELLED,
     ):
         locked.status = RequestedProcedure.Status.IMAGES_RECEIVED
@@ -796,6 +855,56 @@ def mark_images_received(
             detail=f"images received for requested procedure {locked.requested_procedure_id}",
             **_audit_kwargs(actor, channel, source_address, actor_name),
         )
+    return locked
+
+
+# Reporting tells the RIS how far the reading of a study has come (ris cannot import it).
+_REPORTABLE_STATES = (
+    RequestedProcedure.Status.IN_PROGRESS,
+    RequestedProcedure.Status.COMPLETED,
+    RequestedProcedure.Status.IMAGES_RECEIVED,
+    RequestedProcedure.Status.PRELIMINARY_REPORT,
+)
+
+
+@transaction.atomic
+def mark_reported(
+    study_instance_uid: str,
+    *,
+    final: bool,
+    actor: User | None = None,
+    actor_name: str = "",
+    channel: str | None = audit.Channel.WEB,
+    source_address: str = "",
+) -> RequestedProcedure | None:
+    """Mark the requested procedure of a study read (preliminary) or reported (FINAL).
+
+    Returns None when no requested procedure holds that Study Instance UID (a study
+    reported without an order). A final report is never taken back to preliminary.
+    """
+    locked = (
+        RequestedProcedure.objects.select_for_update()
+        .select_related("order__patient")
+        .filter(study_instance_uid=study_instance_uid.strip())
+        .first()
+    )
+    if locked is None:
+        return None
+    status = RequestedProcedure.Status
+    new_status = status.REPORTED if final else status.PRELIMINARY_REPORT
+    if locked.status == new_status or locked.status not in _REPORTABLE_STATES:
+        return locked
+    # The order's own status (HL7 table 0038 as the placer hears it) stays completed: the
+    # report itself goes out as ORU^R01, so no order_status_changed is sent here.
+    locked.status = new_status
+    locked.save(update_fields=["status"])
+    audit.record(
+        audit.Action.UPDATE,
+        locked.order,
+        detail=f"requested procedure {locked.requested_procedure_id} "
+        f"{'reported' if final else 'read, preliminary report'}",
+        **_audit_kwargs(actor, channel, source_address, actor_name),
+    )
     return locked
 
 

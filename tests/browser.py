@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from django.db import connections
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM_FLAGS = [
@@ -49,6 +50,10 @@ def browser_page() -> Iterator[object]:
             page.set_default_timeout(15_000)
             yield page
         finally:
+            # Inside the block the test runs in Playwright's greenlet, which Django takes
+            # for another context with database connections of its own: close them here,
+            # or the test database cannot be dropped at the end.
+            connections.close_all()
             browser.close()
 
 

@@ -50,11 +50,29 @@ def _close_connection_pools(django_db_setup: None, django_db_blocker: Any) -> An
 
 
 @pytest.fixture
-def celery_in_process() -> Any:
-    """Run Celery tasks in the test's process even when a broker is configured (as in CI)."""
+def eager(settings: Any) -> Any:
+    """Run Celery tasks in the test's process, as the embedded set-up does, even when the
+    suite has a broker (as in CI): for the Celery app and for code that reads the setting."""
     from config.celery import app
 
+    # Read first: Celery loads its configuration from the settings on first use.
     saved = app.conf.task_always_eager, app.conf.task_eager_propagates
+    settings.CELERY_TASK_ALWAYS_EAGER = True
     app.conf.task_always_eager = app.conf.task_eager_propagates = True
     yield app
     app.conf.task_always_eager, app.conf.task_eager_propagates = saved
+
+
+@pytest.fixture
+def billing_system(eager: Any) -> Any:
+    """A billing system taking DFT over MLLP, known as a destination; delivered in-process."""
+    from ris.hl7.models import Destination
+    from tests.hl7util import MLLPReceiver
+
+    receiver = MLLPReceiver()
+    receiver.up()
+    Destination.objects.create(
+        name="billing", host="127.0.0.1", port=receiver.port, message_types="DFT"
+    )
+    yield receiver
+    receiver.close()

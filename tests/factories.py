@@ -9,7 +9,7 @@ from typing import Any
 from django.utils import timezone
 
 from ris import services
-from ris.models import Order, Patient, ProcedureType, Room
+from ris.models import Order, Patient, ProcedureType, Room, ScheduledProcedureStep
 
 _counter = itertools.count(1)
 
@@ -65,3 +65,46 @@ def order(
         **fields,
     )
     return services.book_exam(booking)
+
+
+def completed_order(for_patient: Patient | None = None, **fields: Any) -> Order:
+    """Book an exam, then start and complete it, as the modality reports it by MPPS."""
+    booked = order(for_patient, **fields)
+    steps = list(ScheduledProcedureStep.objects.filter(requested_procedure__order=booked))
+    services.start_exam(steps, started_at=timezone.now())
+    services.complete_exam(steps, ended_at=timezone.now())
+    booked.refresh_from_db()
+    return booked
+
+
+def received_study(booked: Order, instances: int = 1, **fields: Any) -> Any:
+    """Store images for BOOKED's study the way the modality sends them; return the Study."""
+    from pacs.models import Study
+    from pacs.services import ingest_instance
+    from tests import dicom_factory
+
+    requested = booked.requested_procedures.get()
+    patient = booked.patient
+    identifier = patient.identifiers.filter(is_alias=False).select_related("issuer").first()
+    datasets = dicom_factory.series(
+        instances,
+        **{
+            "study_uid": requested.study_instance_uid,
+            "accession": booked.accession_number,
+            "patient_name": patient.dicom_name,
+            "patient_id": identifier.value if identifier else "",
+            "issuer": identifier.issuer.namespace_id if identifier else None,
+            "modality": requested.procedure_type.modality,
+            **fields,
+        },
+    )
+    for ds in datasets:
+        if patient.birth_date:
+            ds.PatientBirthDate = patient.birth_date.strftime("%Y%m%d")
+        ds.PatientSex = patient.sex
+        ingest_instance(
+            dicom_factory.encoded(ds),
+            transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+            calling_ae="CT1",
+        )
+    return Study.objects.get(study_instance_uid=requested.study_instance_uid)

@@ -92,17 +92,6 @@ def all_built(version: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def eager(settings: Any) -> Iterator[None]:
-    """Tasks run in-process, as in the embedded set-up, even when the suite has a broker."""
-    # Read first: Celery loads its configuration from the settings on first use.
-    previous = celery_app.conf.task_always_eager
-    settings.CELERY_TASK_ALWAYS_EAGER = True
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = previous
-
-
-@pytest.fixture
 def receiver() -> Iterator[MLLPReceiver]:
     his = MLLPReceiver()
     yield his

@@ -25,7 +25,7 @@ from tests.personas import Personas
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     # The header rewrite is a Celery task; in CI a broker is configured but no worker runs.
-    pytest.mark.usefixtures("celery_in_process"),
+    pytest.mark.usefixtures("eager"),
 ]
 
 Login = Callable[[Any], Client]

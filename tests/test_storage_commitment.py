@@ -87,12 +87,6 @@ class Modality:
 
 
 @pytest.fixture
-def eager(settings: Any) -> None:
-    """No broker, as in the embedded set-up, even when the suite runs with one."""
-    settings.CELERY_TASK_ALWAYS_EAGER = True
-
-
-@pytest.fixture
 def archive(eager: None) -> Iterator[int]:
     with running_archive() as port:
         yield port

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from pacs.dicomweb import views
+from pacs.dicomweb import rendered_views, views
 from pacs.selectors import IMAGE, SERIES
 
 app_name = "dicomweb"
@@ -41,4 +41,19 @@ urlpatterns = [
     path(f"{_INSTANCE}/bulkdata/<str:tag>", views.BulkDataView.as_view(), name="bulkdata"),
     path(f"{_INSTANCE}/frames/<str:frames>", views.FramesView.as_view(), name="frames"),
     path("wado", views.WadoUriView.as_view(), name="wado"),
+    # Rendered and thumbnail resources (PS3.18 10.4.1.1.3, 10.4.1.1.4).
+    path(f"{_INSTANCE}/rendered", rendered_views.RenderedView.as_view(), name="rendered"),
+    path(
+        f"{_INSTANCE}/frames/<str:frames>/rendered",
+        rendered_views.RenderedView.as_view(),
+        name="frame-rendered",
+    ),
+    path(f"{_STUDY}/thumbnail", rendered_views.ThumbnailView.as_view(), name="study-thumbnail"),
+    path(f"{_SERIES}/thumbnail", rendered_views.ThumbnailView.as_view(), name="series-thumbnail"),
+    path(f"{_INSTANCE}/thumbnail", rendered_views.ThumbnailView.as_view(), name="thumbnail"),
+    path(
+        f"{_INSTANCE}/frames/<str:frames>/thumbnail",
+        rendered_views.ThumbnailView.as_view(),
+        name="frame-thumbnail",
+    ),
 ]
