@@ -64,6 +64,7 @@ CHARGE = builders.ChargeLine(
     currency="EUR",
     accession_number="A250301001",
     cpt_code="70450",
+    modifiers=("26", "59"),
 )
 
 
@@ -156,6 +157,8 @@ def test_charges_carry_code_quantity_and_amount() -> None:
     assert (first.value(6), first.value(7), first.value(10)) == ("CG", "CTHEAD", "1")
     assert (first.value(11, 1, 1), first.value(11, 1, 2)) == ("250.00", "EUR")
     assert (first.value(23), first.value(25)) == ("A250301001", "70450")
+    assert [first.value(26, 1, rep=rep) for rep in (0, 1)] == ["26", "59"]  # CPT modifiers
+    assert "FT1" in all_built("2.3")["DFT^P03"] and "|26^^C4" not in all_built("2.3")["DFT^P03"]
 
 
 def test_times_go_out_in_local_time_with_the_offset() -> None:

@@ -1,18 +1,28 @@
 """Reading in a real browser: a radiologist claims a study, reports from a template and signs
-final with the password asked again; a second radiologist cannot claim it meanwhile."""
+final with the password asked again; a second radiologist cannot claim it meanwhile. The
+signature reaches the EMR as ORU^R01, and the report is in the study as an Encapsulated PDF."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from core.services import sync_roles
+from reporting import distribution
 from reporting.models import Report, ReportTemplate
+from ris.hl7 import er7
+from ris.hl7.models import Destination
 from ris.models import RequestedProcedure
 from tests import factories
+from tests.archive import find, query, running_archive
 from tests.browser import browser_page, screenshot
+from tests.hl7util import MLLPReceiver
+from tests.netutil import wait_until
 from tests.personas import PASSWORD, make_personas, make_user
+
+ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -28,7 +38,21 @@ def _log_in(page: Any, url: str, username: str) -> None:
     page.wait_for_selector("#reading-worklist")
 
 
-def test_radiologist_claims_reports_from_a_template_and_signs_final(live_server: Any) -> None:
+@pytest.fixture
+def emr(eager: Any) -> Iterator[MLLPReceiver]:
+    """The EMR taking ORU over MLLP; the outbox and the archiving task run in-process."""
+    receiver = MLLPReceiver()
+    receiver.up()
+    Destination.objects.create(
+        name="emr", host="127.0.0.1", port=receiver.port, message_types="ORU"
+    )
+    yield receiver
+    receiver.close()
+
+
+def test_radiologist_claims_reports_from_a_template_and_signs_final(
+    live_server: Any, emr: MLLPReceiver
+) -> None:
     sync_roles()
     make_personas()
     make_user("rad2", "radiologist")
@@ -89,3 +113,27 @@ def test_radiologist_claims_reports_from_a_template_and_signs_final(live_server:
     assert report.signed_by is not None and report.signed_by.username == "rad"
     requested = RequestedProcedure.objects.get(pk=study.requested_procedure_id)
     assert requested.status == RequestedProcedure.Status.REPORTED
+
+    # The EMR got the final report's text as ORU^R01 ...
+    [received] = wait_until(lambda: emr.received or None, what="the ORU^R01")
+    message = er7.parse(received.text)
+    obr = message.first("OBR")
+    assert obr is not None and obr.value(25) == "F"
+    assert "No acute finding. Small old lacune, left basal ganglia." in [
+        obx.value(5) for obx in message.all("OBX")
+    ]
+    # ... its PDF is kept, and the study holds it: C-FIND at IMAGE level finds it.
+    version = distribution.report_version(report)
+    assert distribution.pdf_path(report, version).read_bytes().startswith(b"%PDF-")
+    with running_archive() as port:
+        matches, status = find(
+            port,
+            query(
+                "IMAGE",
+                StudyInstanceUID=study.study_instance_uid,
+                SeriesInstanceUID="",
+                SOPInstanceUID="",
+                SOPClassUID=ENCAPSULATED_PDF_STORAGE,
+            ),
+        )
+    assert status.Status == 0x0000 and len(matches) == 1

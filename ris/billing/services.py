@@ -236,6 +236,7 @@ def _charge_line(charge: Charge, *, credit: bool = False) -> builders.ChargeLine
         currency=charge.currency,
         accession_number=charge.order.accession_number,
         cpt_code=charge.procedure_code,  # FT1-25
+        modifiers=[m.strip() for m in charge.modifiers.split(",") if m.strip()],  # FT1-26
         transaction_type=builders.CREDIT if credit else builders.CHARGE,
         ordered_by=builders.Person.from_dicom_name(charge.referring_physician_name),
     )

@@ -125,6 +125,7 @@ class ChargeLine:
     currency: str = ""
     accession_number: str = ""
     cpt_code: str = ""
+    modifiers: Sequence[str] = ()  # CPT modifiers (26, 53 ...), FT1-26 from v2.4 on
     transaction_type: str = CHARGE
     performed_by: Person | None = None
     ordered_by: Person | None = None
@@ -342,6 +343,8 @@ def dft_p03(
             fields[23] = _esc(charge.accession_number)  # FT1-23 filler order number, v2.4 on
         if charge.cpt_code:
             fields[25] = _join([charge.cpt_code, charge.procedure_name, "C4"])
+        if charge.modifiers and envelope.version not in ("2.3", "2.3.1"):
+            fields[26] = [_join([modifier, "", "C4"]) for modifier in charge.modifiers]
         builder.add("FT1", fields)
     return builder.text()
 
