@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
     "guardian",
     "django_htmx",
     "core",
@@ -146,6 +147,9 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Basic first: an unauthenticated client is told to authenticate (401, WWW-Authenticate).
         "rest_framework.authentication.BasicAuthentication",
+        # API clients: a token (core.authentication), no password hash per request.
+        "core.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["core.permissions.ModelViewPermission"],
