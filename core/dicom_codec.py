@@ -17,12 +17,14 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 from pynetdicom import dimse_messages, dsutils, service_class
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
+from pynetdicom.pdu_primitives import P_DATA
 
 Encoder = Callable[..., bytes | None]
 
@@ -71,8 +73,7 @@ def _text(value: Any, vr: str, codec: str) -> bytes:
     return value.encode(codec if vr in _CHARSET_VRS else "ascii")
 
 
-def _value(element: DataElement, vr: str, implicit: bool, codec: str) -> bytes:
-    value = element.value
+def _value(value: Any, vr: str, implicit: bool, codec: str) -> bytes:
     if vr == "SQ":
         return b"".join(
             _ITEM_TAG + struct.pack("<I", len(body)) + body
@@ -105,7 +106,7 @@ def _element(element: DataElement | RawDataElement, implicit: bool, codec: str) 
     vr = element.VR or dictionary_VR(tag)
     if element.is_undefined_length and vr != "SQ":
         raise _Unsupported
-    data = _value(element, vr, implicit, codec)
+    data = _value(element.value, vr, implicit, codec)
     group, number = tag >> 16, tag & 0xFFFF
     if implicit:
         return struct.pack("<HHI", group, number, len(data)) + data
@@ -151,3 +152,91 @@ def install() -> None:
     for module in (dimse_messages, service_class):
         if not hasattr(module.encode, "wrapped"):
             module.encode = fast_encode(dsutils.encode)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- DIMSE responses
+
+# The responses an SCP sends by the hundred (one per match, per stored instance): their
+# command sets are written here from the primitive, without building a pydicom Dataset.
+_FAST_RESPONSES = {
+    C_ECHO: "C_ECHO_RSP",
+    C_STORE: "C_STORE_RSP",
+    C_FIND: "C_FIND_RSP",
+    C_GET: "C_GET_RSP",
+    C_MOVE: "C_MOVE_RSP",
+}
+_COMMAND_FIELDS = {name: field for field, (name, _) in dimse_messages._MESSAGE_TYPES.items()}
+_COMPUTED = frozenset({"CommandGroupLength", "CommandField", "CommandDataSetType"})
+_NO_DATA_SET = 0x0101  # PS3.7 E.1-1, Command Data Set Type: no Data Set
+_DATA_SET = 0x0001
+
+
+def _command_layout(message: str) -> list[tuple[str, int, str]]:
+    keywords = dimse_messages._COMMAND_SET_KEYWORDS[message.replace("_", "-")]
+    return sorted(
+        (
+            (keyword, int(tag_for_keyword(keyword) or 0), dictionary_VR(keyword))
+            for keyword in keywords
+        ),
+        key=lambda item: item[1],
+    )
+
+
+_LAYOUTS = {message: _command_layout(message) for message in _FAST_RESPONSES.values()}
+
+
+def encode_response(primitive: Any) -> tuple[bytes, bytes] | None:
+    """Return the command set and the data set bytes of a response PRIMITIVE, as pynetdicom
+    encodes them, or None when it is not one written here."""
+    message = _FAST_RESPONSES.get(type(primitive))
+    if message is None or primitive.MessageIDBeingRespondedTo is None:
+        return None
+    keyword = dimse_messages._DATASET_KEYWORDS.get(message)
+    data_set = getattr(primitive, keyword) if keyword else None
+    body = []
+    try:
+        for name, tag, vr in _LAYOUTS[message]:
+            if name == "CommandGroupLength":
+                continue
+            if name == "CommandField":
+                value: Any = _COMMAND_FIELDS[message.replace("_", "-")]
+            elif name == "CommandDataSetType":
+                value = _DATA_SET if data_set else _NO_DATA_SET
+            elif not hasattr(primitive, name):
+                return None  # pynetdicom would keep its default: let it
+            else:
+                value = getattr(primitive, name)
+                if value is None:
+                    continue
+            data = _value(value, vr, True, "ascii")
+            body.append(struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(data)) + data)
+    except (_Unsupported, UnicodeEncodeError, struct.error, TypeError, ValueError):
+        return None
+    rest = b"".join(body)
+    command = struct.pack("<HHII", 0x0000, 0x0000, 4, len(rest)) + rest
+    return command, data_set.getvalue() if data_set is not None else b""
+
+
+def _fragments(stream: bytes, max_pdu: int) -> list[bytes]:
+    if max_pdu == 0:
+        return [stream]
+    size = max_pdu - 6  # PS3.8 9.3.5.1: each PDV item adds 6 bytes
+    return [stream[offset : offset + size] for offset in range(0, len(stream), size)] or [b""]
+
+
+def p_data(context_id: int, command: bytes, data_set: bytes, max_pdu: int) -> list[P_DATA]:
+    """Split one message into P-DATA primitives, as pynetdicom's encode_msg does (PS3.8 E.2)."""
+    items = []
+    pieces = _fragments(command, max_pdu)
+    for index, piece in enumerate(pieces):
+        items.append(b"\x03" + piece if index == len(pieces) - 1 else b"\x01" + piece)
+    if data_set:
+        pieces = _fragments(data_set, max_pdu)
+        for index, piece in enumerate(pieces):
+            items.append(b"\x02" + piece if index == len(pieces) - 1 else b"\x00" + piece)
+    out = []
+    for item in items:
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, item))
+        out.append(pdata)
+    return out

@@ -25,12 +25,15 @@ import socket
 import threading
 from typing import Any
 
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from core import dicom_codec
 
 # The longest any loop blocks without new input: timers (ARTIM, idle timeout) and the
 # association's release/abort checks run at least this often.
@@ -127,7 +130,19 @@ class FastDUL(DULServiceProvider):
 
 
 class FastDIMSE(DIMSEServiceProvider):
-    """The association reactor's non-blocking look for a message waits a little instead."""
+    """The association reactor's non-blocking look for a message waits a little instead, and
+    responses are written straight to P-DATA (core.dicom_codec) when nobody watches them."""
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        encoded = None
+        if not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            encoded = dicom_codec.encode_response(primitive)
+        if encoded is None:
+            super().send_msg(primitive, context_id)
+            return
+        command, data_set = encoded
+        for pdata in dicom_codec.p_data(context_id, command, data_set, self.maximum_pdu_size):
+            self.dul.send_pdu(pdata)
 
     def get_msg(self, block: bool = False) -> Any:
         if block:

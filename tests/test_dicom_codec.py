@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -12,8 +13,8 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import generate_uid
-from pynetdicom import dimse_messages, service_class
-from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom import dimse, dimse_messages, service_class
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_MOVE, C_STORE
 
 from core import dicom_codec
 from tests import dicom_factory as make
@@ -121,3 +122,69 @@ def pydicom_bytes_big_endian(ds: Dataset) -> bytes:
     fp.is_implicit_VR, fp.is_little_endian = False, False
     write_dataset(fp, ds)
     return fp.getvalue()
+
+
+def pynetdicom_p_data(primitive: Any, max_pdu: int) -> list[tuple[int, bytes]]:
+    message = dimse._RSP_TO_MESSAGE[type(primitive)]()
+    message.primitive_to_message(primitive)
+    return [
+        item
+        for pdata in message.encode_msg(1, max_pdu)
+        for item in pdata.presentation_data_value_list
+    ]
+
+
+def responses() -> list[Any]:
+    identifier = pydicom_bytes(find_response("Testperson^Alex", None), implicit=False)
+    pending = C_FIND()
+    pending.MessageIDBeingRespondedTo, pending.Status = 7, 0xFF00
+    pending.AffectedSOPClassUID = "1.2.840.10008.5.1.4.31"
+    pending.Identifier = BytesIO(identifier)
+    final = C_FIND()
+    final.MessageIDBeingRespondedTo, final.Status = 7, 0x0000
+    final.AffectedSOPClassUID = "1.2.840.10008.5.1.4.31"
+    refused = C_FIND()
+    refused.MessageIDBeingRespondedTo, refused.Status = 8, 0xA900
+    refused.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+    refused.ErrorComment = "StudyDate: not a date"  # type: ignore[assignment]
+    refused.OffendingElement = [0x00080020]  # type: ignore[assignment]
+    stored = C_STORE()
+    stored.MessageIDBeingRespondedTo, stored.Status = 3, 0x0000
+    stored.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    stored.AffectedSOPInstanceUID = generate_uid()
+    echoed = C_ECHO()
+    echoed.MessageIDBeingRespondedTo, echoed.Status = 1, 0x0000
+    echoed.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    moving = C_MOVE()
+    moving.MessageIDBeingRespondedTo, moving.Status = 5, 0xFF00
+    moving.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
+    moving.NumberOfRemainingSuboperations = 3
+    moving.NumberOfCompletedSuboperations = 1
+    moving.NumberOfFailedSuboperations = 0
+    moving.NumberOfWarningSuboperations = 0
+    return [pending, final, refused, stored, echoed, moving]
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16382, 64])
+def test_responses_go_out_in_the_same_p_data_as_pynetdicom_sends(max_pdu: int) -> None:
+    for primitive in responses():
+        encoded = dicom_codec.encode_response(primitive)
+        assert encoded is not None, primitive
+        ours = [
+            item
+            for pdata in dicom_codec.p_data(1, *encoded, max_pdu)
+            for item in pdata.presentation_data_value_list
+        ]
+        assert ours == pynetdicom_p_data(primitive, max_pdu), type(primitive).__name__
+
+
+def test_requests_and_odd_responses_are_left_to_pynetdicom() -> None:
+    request = C_FIND()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = "1.2.840.10008.5.1.4.31"
+    assert dicom_codec.encode_response(request) is None  # a request, not a response
+    odd = C_STORE()
+    odd.MessageIDBeingRespondedTo, odd.Status = 3, 0x0000
+    odd.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    odd.ErrorComment = "Comment in Ω"  # type: ignore[assignment]  # not ASCII: pydicom's
+    assert dicom_codec.encode_response(odd) is None
