@@ -607,3 +607,36 @@ def test_an_instance_stored_compressed(personas, client) -> None:
     got = dataset(body)
     assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert got.PixelData == original
+
+
+def test_frames_in_the_stored_syntax_when_asked(personas, client) -> None:
+    from pydicom.encaps import generate_frames
+
+    ds = make.ct_instance()
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    [stored_frame] = generate_frames(ds.PixelData, number_of_frames=1)
+    store([ds])
+    auth = basic(personas.radiologist)
+    for accept in (
+        'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+        'multipart/related; type="image/dicom-rle"',
+        f'multipart/related; type="image/dicom-rle"; transfer-syntax={RLELossless}',
+    ):
+        response = client.get(_frames_url(ds, "1"), HTTP_ACCEPT=accept, **auth)
+        assert response.status_code == 200, accept
+        [(content_type, frame)] = parts(*_typed(response))
+        assert content_type.replace('"', "") == f"image/dicom-rle; transfer-syntax={RLELossless}"
+        assert frame == stored_frame
+    # Another compressed syntax cannot be made from it: 406, saying what can.
+    refused = client.get(
+        _frames_url(ds, "1"), HTTP_ACCEPT='multipart/related; type="image/jpeg"', **auth
+    )
+    assert refused.status_code == 406 and "stored as" in refused.content.decode()
+    # Asking for JPEG or else uncompressed: the uncompressed frame.
+    either = (
+        'multipart/related; type="image/jpeg", multipart/related; type="application/octet-stream"'
+    )
+    [(content_type, _)] = parts(
+        *_typed(client.get(_frames_url(ds, "1"), HTTP_ACCEPT=either, **auth))
+    )
+    assert content_type.startswith("application/octet-stream")

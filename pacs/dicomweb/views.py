@@ -18,7 +18,6 @@ from django.http import Http404, HttpResponse, HttpResponseBase, StreamingHttpRe
 from django.urls import reverse
 from pydicom import dcmread
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.permissions import IsAuthenticated
@@ -382,9 +381,12 @@ class FramesView(DicomWebView):
             raise _not_found(request, selection)
         try:
             numbers = wado.frame_numbers(frames)
-            values = wado.uncompressed_frames(instances[0], numbers, default_storage())
+            accept = multipart.split_accept(request.META.get("HTTP_ACCEPT", ""))
+            found = wado.frame_parts(instances[0], numbers, accept, default_storage())
         except wado.FrameError as exc:
             return _text(400, str(exc))
+        except wado.NotAcceptable as exc:
+            return _text(406, str(exc))
         _audit_retrieval(request, instances, f"WADO-RS frames {frames}"[:200])
         location = wado.instance_location(instances[0])
         boundary = multipart.new_boundary()
@@ -393,20 +395,19 @@ class FramesView(DicomWebView):
                 [
                     (
                         {
-                            "Content-Type": "application/octet-stream; transfer-syntax="
-                            + str(ExplicitVRLittleEndian),
+                            "Content-Type": content_type,
                             "Content-Location": f"{location}/frames/{number}",
                         },
                         [value],
                     )
-                    for number, value in zip(numbers, values, strict=True)
+                    for number, (content_type, value) in zip(numbers, found, strict=True)
                 ],
                 boundary,
             )
         )
+        part_type = found[0][0].split(";")[0]  # every part is in the same syntax
         return HttpResponse(
-            body,
-            content_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
+            body, content_type=f'multipart/related; type="{part_type}"; boundary={boundary}'
         )
 
 

@@ -11,9 +11,11 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 from django.db.models import QuerySet
 from pydicom import dcmread
+from pydicom.encaps import generate_frames
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from pacs.dicomweb.multipart import MediaType, file_chunks
@@ -144,12 +146,95 @@ def uncompressed_frames(
     if bits % 8:
         raise FrameError("frames of single-bit pixel data are not offered")
     size = int(dataset.Rows) * int(dataset.Columns) * int(dataset.SamplesPerPixel) * bits // 8
+    _frame_count(dataset, numbers)
+    pixels = dataset.PixelData
+    return [pixels[(number - 1) * size : number * size] for number in numbers]
+
+
+# PS3.18 Table 8.7.3-5: the media type of a compressed frame, by transfer syntax.
+FRAME_MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+# The syntax a bare compressed media type stands for (PS3.18 Table 8.7.3-5, the defaults).
+_DEFAULT_SYNTAX = {
+    "image/jpeg": "1.2.840.10008.1.2.4.70",
+    "image/jls": "1.2.840.10008.1.2.4.80",
+    "image/jp2": "1.2.840.10008.1.2.4.90",
+    "image/jpx": "1.2.840.10008.1.2.4.92",
+    "image/dicom-rle": "1.2.840.10008.1.2.5",
+    "image/x-dicom-rle": "1.2.840.10008.1.2.5",
+}
+_UNCOMPRESSED_FRAMES = str(ExplicitVRLittleEndian)
+
+
+def frame_syntaxes(accept: list[MediaType]) -> list[str]:
+    """The transfer syntaxes the Accept ranges take frames in, in order; "*" for as stored.
+
+    No Accept, or octet-stream without a syntax: uncompressed (PS3.18 8.7.3.3.2).
+    """
+    if not accept:
+        return [_UNCOMPRESSED_FRAMES]
+    wanted = []
+    for media in accept:
+        kind = media.parameters.get("type", "") if media.type == "multipart/related" else ""
+        kind = kind or media.type
+        syntax = media.parameters.get("transfer-syntax", "")
+        if kind in ("application/octet-stream", "*/*", "multipart/related"):
+            wanted.append(syntax or _UNCOMPRESSED_FRAMES)
+        elif kind in _DEFAULT_SYNTAX:
+            wanted.append(syntax or _DEFAULT_SYNTAX[kind])
+    if not wanted:
+        raise NotAcceptable("frames are sent as application/octet-stream or image/* parts")
+    return wanted
+
+
+def frame_parts(
+    instance: Instance, numbers: list[int], accept: list[MediaType], storage: FileStorage
+) -> list[tuple[str, bytes]]:
+    """The (Content-Type, bytes) of frames NUMBERS of INSTANCE, in a syntax ACCEPT takes:
+    as stored when it is asked for (or "*"), else decompressed to native little endian."""
+    stored = instance.transfer_syntax_uid
+    for syntax in frame_syntaxes(accept):
+        if syntax in (ANY_SYNTAX, stored) and stored in FRAME_MEDIA_TYPES:
+            media = FRAME_MEDIA_TYPES[stored]
+            content_type = f"{media}; transfer-syntax={stored}"
+            return [(content_type, frame) for frame in stored_frames(instance, numbers, storage)]
+        if syntax in (ANY_SYNTAX, _UNCOMPRESSED_FRAMES):
+            content_type = f"application/octet-stream; transfer-syntax={_UNCOMPRESSED_FRAMES}"
+            frames = uncompressed_frames(instance, numbers, storage)
+            return [(content_type, frame) for frame in frames]
+    raise NotAcceptable(
+        f"{instance.sop_instance_uid} is stored as {stored}: ask for its frames in that "
+        "syntax, uncompressed, or transfer-syntax=*"
+    )
+
+
+def _frame_count(dataset: Any, numbers: list[int]) -> int:
     count = int(dataset.get("NumberOfFrames", 1) or 1)
     beyond = [number for number in numbers if number > count]
     if beyond:
         raise FrameError(f"the instance has {count} frame(s), not {beyond[0]}")
-    pixels = dataset.PixelData
-    return [pixels[(number - 1) * size : number * size] for number in numbers]
+    return count
+
+
+def stored_frames(instance: Instance, numbers: list[int], storage: FileStorage) -> list[bytes]:
+    """The frames NUMBERS of a compressed INSTANCE as stored: each frame's fragments joined."""
+    dataset = dcmread(storage.path(instance.file_path))
+    if "PixelData" not in dataset:
+        raise FrameError("the instance has no pixel data")
+    count = _frame_count(dataset, numbers)
+    frames = list(generate_frames(dataset.PixelData, number_of_frames=count))
+    return [frames[number - 1] for number in numbers]
 
 
 def instance_location(instance: Instance) -> str:
