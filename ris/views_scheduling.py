@@ -4,6 +4,7 @@ board's exam buttons (start, complete, no-show)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -255,22 +256,38 @@ def _reason_form(
 def cancel(request: HttpRequest, pk: int) -> HttpResponse:
     """Ask for a reason, then cancel the order's booking."""
     order = get_object_or_404(Order.objects.select_related("patient"), pk=pk)
-    action = reverse("ris:order-cancel", args=[pk])
-    title = f"Cancel order {order.accession_number}"
+    return _with_reason(
+        request,
+        order,
+        title=f"Cancel order {order.accession_number}",
+        action=reverse("ris:order-cancel", args=[pk]),
+        apply=lambda reason, origin: scheduling.cancel_booking(order, reason, **origin),
+        done=f"Order {order.accession_number} cancelled.",
+        back=reverse("ris:today"),
+    )
+
+
+def _with_reason(
+    request: HttpRequest,
+    order: Order,
+    *,
+    title: str,
+    action: str,
+    apply: Callable[[str, dict[str, Any]], object],
+    done: str,
+    back: str,
+) -> HttpResponse:
+    """Ask for a reason (GET), then APPLY it (POST); a refusal shows the form again."""
     if request.method == "GET":
         audit.record(audit.Action.VIEW, order, request=request)
         return _reason_form(request, order, title, action)
+    origin = {"actor": acting_user(request), "source_address": client_address(request)}
     try:
-        scheduling.cancel_booking(
-            order,
-            request.POST.get("reason", ""),
-            actor=acting_user(request),
-            source_address=client_address(request),
-        )
+        apply(request.POST.get("reason", ""), origin)
     except ValidationError as exc:
         return _reason_form(request, order, title, action, error=" ".join(exc.messages))
-    messages.success(request, f"Order {order.accession_number} cancelled.")
-    return redirect(_next_url(request, reverse("ris:today")))
+    messages.success(request, done)
+    return redirect(_next_url(request, back))
 
 
 def _exam_step(pk: int) -> ScheduledProcedureStep:
@@ -320,19 +337,12 @@ def no_show(request: HttpRequest, pk: int) -> HttpResponse:
     """Ask for a reason, then mark the step's patient as not come."""
     step = _exam_step(pk)
     order = step.requested_procedure.order
-    action = reverse("ris:step-no-show", args=[pk])
-    title = f"No-show for order {order.accession_number} (SPS {step.sps_id})"
-    if request.method == "GET":
-        audit.record(audit.Action.VIEW, order, request=request)
-        return _reason_form(request, order, title, action)
-    try:
-        services.mark_no_show(
-            step,
-            request.POST.get("reason", ""),
-            actor=acting_user(request),
-            source_address=client_address(request),
-        )
-    except ValidationError as exc:
-        return _reason_form(request, order, title, action, error=" ".join(exc.messages))
-    messages.success(request, f"{order.patient} marked as not come for {order.accession_number}.")
-    return redirect(_next_url(request, reverse("ris:exams-today")))
+    return _with_reason(
+        request,
+        order,
+        title=f"No-show for order {order.accession_number} (SPS {step.sps_id})",
+        action=reverse("ris:step-no-show", args=[pk]),
+        apply=lambda reason, origin: services.mark_no_show(step, reason, **origin),
+        done=f"{order.patient} marked as not come for {order.accession_number}.",
+        back=reverse("ris:exams-today"),
+    )
