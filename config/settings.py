@@ -252,6 +252,10 @@ if DICOM_UID_ROOT and (
         "DICOM_UID_ROOT must be digits and dots, end with a dot, at most 40 chars"
     )
 INSTITUTION_NAME = env_str("INSTITUTION_NAME", "Demo Imaging Centre") or ""
+# The currency of the catalogue's prices and of the charges (ISO 4217 code).
+BILLING_CURRENCY = (env_str("BILLING_CURRENCY", "USD") or "USD").upper()
+if len(BILLING_CURRENCY) != 3 or not BILLING_CURRENCY.isalpha():
+    raise ImproperlyConfigured("BILLING_CURRENCY must be an ISO 4217 code such as USD or EUR")
 # The report PDF's letterhead: the address under the institution's name ("\n" for new lines).
 INSTITUTION_ADDRESS = (env_str("INSTITUTION_ADDRESS", "") or "").replace("\\n", "\n")
 

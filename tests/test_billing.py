@@ -158,6 +158,15 @@ def test_exams_without_a_charge_are_flagged_and_captured_by_the_command() -> Non
     assert not selectors.exams_without_charge().exists()
 
 
+def test_an_exam_already_read_is_still_captured_when_its_charge_is_missing() -> None:
+    order = completed_without_charge()
+    requested = order.requested_procedures.get()
+    assert ris_services.mark_reported(requested.study_instance_uid, final=True) is not None
+    assert [rp.order for rp in selectors.exams_without_charge()] == [order]
+    call_command("capture_charges", stdout=io.StringIO())
+    assert charge_of(order).status == "pending"
+
+
 def test_administrator_captures_missing_charges_from_the_page(personas: Any, login: Any) -> None:
     order = completed_without_charge()
     page = login(personas.admin).get(reverse("billing:charge-list")).content.decode()

@@ -26,12 +26,12 @@ from ris.hl7 import builders, outbox
 from ris.hl7.models import OutboundMessage
 from ris.models import Order, Patient, RequestedProcedure, ScheduledProcedureStep
 
-# The currency of the catalogue's prices (ISO 4217); BILLING_CURRENCY in settings overrides it.
-DEFAULT_CURRENCY = "USD"
 # Requested procedures that were performed, once their order is completed.
 BILLABLE_PROCEDURE_STATES = (
     RequestedProcedure.Status.COMPLETED,
     RequestedProcedure.Status.IMAGES_RECEIVED,
+    RequestedProcedure.Status.PRELIMINARY_REPORT,
+    RequestedProcedure.Status.REPORTED,
 )
 _PERFORMED_STEP_STATES = (
     ScheduledProcedureStep.Status.COMPLETED,
@@ -42,7 +42,7 @@ MAX_QUANTITY = 99
 
 
 def currency() -> str:
-    return str(getattr(settings, "BILLING_CURRENCY", DEFAULT_CURRENCY))
+    return str(settings.BILLING_CURRENCY)
 
 
 def _audit_kwargs(actor: User | None, channel: str | None, source_address: str) -> dict[str, Any]:
