@@ -55,6 +55,7 @@ class InstanceHeader:
     number_of_frames: int | None
     rows: int | None
     columns: int | None
+    bits_allocated: int | None
 
 
 def _stop(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -160,4 +161,5 @@ def _header_of(ds: Dataset) -> InstanceHeader:
         number_of_frames=_int(ds, "NumberOfFrames"),
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
+        bits_allocated=_int(ds, "BitsAllocated"),
     )

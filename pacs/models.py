@@ -122,6 +122,7 @@ class Instance(models.Model):
     number_of_frames = models.PositiveIntegerField(null=True, blank=True)
     rows = models.PositiveIntegerField(null=True, blank=True)
     columns = models.PositiveIntegerField(null=True, blank=True)
+    bits_allocated = models.PositiveSmallIntegerField(null=True, blank=True)
     transfer_syntax_uid = models.CharField(max_length=64)
     # Path of the stored file, relative to STORAGE_DIR.
     file_path = models.CharField(max_length=512)

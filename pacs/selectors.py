@@ -114,6 +114,7 @@ ATTRIBUTES = {
         Attribute("NumberOfFrames", IMAGE, "number_of_frames"),
         Attribute("Rows", IMAGE, "rows"),
         Attribute("Columns", IMAGE, "columns"),
+        Attribute("BitsAllocated", IMAGE, "bits_allocated"),
     )
 }
 # Keys answered by every level without a column of their own.
@@ -334,7 +335,13 @@ def index_value(keyword: str, records: dict[str, Any]) -> Any:
     return None if value in ("", []) else value
 
 
+# PS3.3 C.4.23.1.1: every indexed instance is on the archive's own disks.
+INSTANCE_AVAILABILITY = "ONLINE"
+
+
 def _stored_value(keyword: str, records: dict[str, Any]) -> Any:
+    if keyword == "InstanceAvailability":
+        return INSTANCE_AVAILABILITY
     attribute = ATTRIBUTES.get(keyword)
     if attribute is None:
         return None
@@ -389,7 +396,7 @@ def matches(query: FindQuery, identifier: Dataset, *, retrieve_ae_title: str) ->
         if "RetrieveAETitle" in identifier:
             response.RetrieveAETitle = retrieve_ae_title
         if "InstanceAvailability" in identifier:
-            response.InstanceAvailability = "ONLINE"
+            response.InstanceAvailability = INSTANCE_AVAILABILITY
         yield response
 
 

@@ -40,11 +40,14 @@ _CONTROL = {"limit", "offset", "fuzzymatching", "includefield"}
 # Attributes returned without includefield (PS3.18 Tables 10.6.3-3, -4 and -5), of those
 # the index holds; "*" marks the attributes of the levels above, returned by /series and
 # /instances searched outside a study.
+# PS3.18 Tables 10.6.3-3 to 10.6.3-5: what every match carries at its level (with
+# RetrieveURL); Timezone Offset From UTC is left out, the index does not know it.
 DEFAULT_KEYS = {
     STUDY: (
         "StudyDate",
         "StudyTime",
         "AccessionNumber",
+        "InstanceAvailability",
         "ModalitiesInStudy",
         "ReferringPhysicianName",
         "PatientName",
@@ -62,8 +65,19 @@ DEFAULT_KEYS = {
         "SeriesInstanceUID",
         "SeriesNumber",
         "NumberOfSeriesRelatedInstances",
+        "PerformedProcedureStepStartDate",
+        "PerformedProcedureStepStartTime",
     ),
-    IMAGE: ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns", "NumberOfFrames"),
+    IMAGE: (
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "InstanceAvailability",
+        "InstanceNumber",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "NumberOfFrames",
+    ),
 }
 _PATIENT_LEVEL = "PATIENT"
 
