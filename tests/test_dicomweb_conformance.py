@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from django.http import QueryDict
 from django.test import Client
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
@@ -89,3 +90,26 @@ def test_every_level_returns_the_attributes_ps3_18_requires(
     assert first[tag("RetrieveURL")]["Value"][0].endswith(
         f"{base}/series/{datasets[0].SeriesInstanceUID}/instances/{first[tag('SOPInstanceUID')]['Value'][0]}"
     )
+
+
+def test_results_are_what_pydicom_would_write_for_the_same_values(personas: Personas) -> None:
+    from pydicom.dataset import Dataset
+
+    from pacs.dicomweb import qido
+    from pacs.models import Study
+    from pacs.selectors import level_rows, records_of, response_identifier
+
+    store(make.series(2, patient_name="Yamada^Tarou=山田^太郎=やまだ^たろう", charset="ISO_IR 192"))
+    store(make.series(1, patient_name="Müller^Jörg", patient_id="PC2", modality="MR"))
+    store(make.series(1, patient_name="", patient_id="PC3", accession=""))
+    for level in ("STUDY", "SERIES", "IMAGE"):
+        parsed = qido.parse_search(QueryDict("includefield=all"), level, {}, top="STUDY")
+        query = qido.build_query(parsed.identifier, qido.STUDY_ROOT)
+        rows = list(level_rows(query, Study.objects.all()))
+        assert rows
+        for row in rows:
+            records = records_of(row, level)
+            ours = qido.json_item(records, parsed.keys, "http://testserver/x")
+            theirs: Dataset = response_identifier(records, parsed.keys)
+            theirs.RetrieveURL = "http://testserver/x"
+            assert ours == theirs.to_json_dict(), level

@@ -27,9 +27,9 @@ from pacs.selectors import (
     STUDY,
     STUDY_ROOT,
     build_query,
+    index_value,
     level_rows,
     records_of,
-    response_identifier,
 )
 
 # Results per response at most, whatever limit asks (PS3.18 8.3.4.4: the server may cap).
@@ -199,18 +199,62 @@ def _return_keys(level: str, top: str, includes: list[str], include_all: bool) -
 
 def search(
     parsed: Search, visible: QuerySet[Study], retrieve_url: Callable[[dict[str, Any]], str]
-) -> tuple[list[Dataset], bool]:
-    """The matches of PARSED among VISIBLE studies, and whether more follow past the limit."""
+) -> tuple[list[dict[str, Any]], bool]:
+    """The matches of PARSED among VISIBLE studies in the DICOM JSON model, and whether more
+    follow past the limit."""
     query = build_query(parsed.identifier, STUDY_ROOT)
     rows = list(level_rows(query, visible)[parsed.offset : parsed.offset + parsed.limit + 1])
     more = len(rows) > parsed.limit
     results = []
     for row in rows[: parsed.limit]:
         records = records_of(row, parsed.level)
-        response = response_identifier(records, parsed.keys)
-        response.RetrieveURL = retrieve_url(records)
-        results.append(response)
+        results.append(json_item(records, parsed.keys, retrieve_url(records)))
     return results, more
+
+
+# Per keyword: its tag as DICOM JSON names it, and its VR (PS3.18 F.2.2, F.2.3).
+_JSON_KEYS: dict[str, tuple[str, str]] = {}
+_NUMBER_VRS = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"})
+_PERSON_NAME_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")  # PS3.18 F.2.4
+
+
+def _json_key(keyword: str) -> tuple[str, str]:
+    known = _JSON_KEYS.get(keyword)
+    if known is None:
+        tag = tag_for_keyword(keyword)
+        known = _JSON_KEYS[keyword] = (f"{tag:08X}", dictionary_VR(keyword))
+    return known
+
+
+def _json_value(value: Any, vr: str) -> Any:
+    if vr == "PN":
+        groups = str(value).split("=")[: len(_PERSON_NAME_GROUPS)]
+        return {
+            name: group for name, group in zip(_PERSON_NAME_GROUPS, groups, strict=False) if group
+        }
+    if vr in _NUMBER_VRS:
+        number = float(value)
+        return int(number) if number.is_integer() and vr != "DS" else number
+    return str(value)
+
+
+def json_item(records: dict[str, Any], keys: list[str], retrieve_url: str) -> dict[str, Any]:
+    """One QIDO-RS result in the DICOM JSON model, written from the index records directly
+    (as pydicom's to_json_dict would write the same values, without building a Dataset)."""
+    item: dict[str, Any] = {}
+    non_ascii = False
+    for keyword in [*keys, "RetrieveURL"]:
+        tag, vr = _json_key(keyword)
+        value = retrieve_url if keyword == "RetrieveURL" else index_value(keyword, records)
+        values = value if isinstance(value, list) else [] if value in (None, "") else [value]
+        element: dict[str, Any] = {"vr": vr}
+        if values:
+            element["Value"] = [_json_value(v, vr) for v in values]
+            non_ascii = non_ascii or any(isinstance(v, str) and not v.isascii() for v in values)
+        item[tag] = element
+    if non_ascii:  # as the C-FIND answer says it (PS3.5 6.1.2.3)
+        item["00080005"] = {"vr": "CS", "Value": ["ISO_IR 192"]}
+    return dict(sorted(item.items()))
 
 
 def uids(records: dict[str, Any]) -> Iterator[str]:

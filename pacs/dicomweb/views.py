@@ -164,7 +164,7 @@ class SearchView(DicomWebView):
             detail=f"QIDO-RS: {len(results)} result(s); {request.GET.urlencode()}"[:2000],
         )
         response = HttpResponse(
-            b"".join(dicom_json.dumps(dicom_json.to_json(result) for result in results)),
+            b"".join(dicom_json.dumps(results)),
             content_type=DICOM_JSON,
         )
         warnings = []

@@ -284,15 +284,18 @@ async function openStack(seriesUid) {
   watchViewport(element, 'main');
   makeToolGroup(STACK_GROUP, ['main']);
   status(`Loading ${seriesLabel(series)}…`);
-  const whole = seriesOf(config.study.uid, series.uid);
-  if (!seriesDone.has(series.uid)) {
-    // Show the first image as soon as it alone is known; the whole stack follows.
-    const quick = await Promise.race([whole.then(() => null), firstImageOf(series.uid)]);
+  let quickIds = null;
+  if (!seriesDone.has(series.uid) && !seriesCache.has(series.uid)) {
+    // Show the first image as soon as it alone is known; the whole stack's metadata (every
+    // file read on the server) is asked for only then, so that it does not delay it.
+    const quick = await firstImageOf(series.uid);
     if (quick && state.seriesUid === series.uid && state.layout === 'stack') {
       element.viewerInfo = { series: quick, study: config.study, seriesLabel: seriesLabel(series) };
       await state.engine.getViewport('main').setStack(quick.imageIds, 0);
+      quickIds = quick.imageIds;
     }
   }
+  const whole = seriesOf(config.study.uid, series.uid);
   if (state.seriesUid !== series.uid || state.layout !== 'stack') return;
   const shown = state.engine.getViewport('main').getCurrentImageId();
   state.series = await whole;
@@ -300,10 +303,15 @@ async function openStack(seriesUid) {
   if (state.seriesUid !== series.uid || state.layout !== 'stack') return;
   element.viewerInfo = { series: state.series, study: config.study, seriesLabel: seriesLabel(series) };
   const viewport = state.engine.getViewport('main');
-  await viewport.setStack(state.series.imageIds, Math.max(0, state.series.imageIds.indexOf(shown)));
-  viewport.render();
+  const ids = state.series.imageIds;
+  const same = quickIds && quickIds.length === ids.length && quickIds.every((id, i) => id === ids[i]);
+  if (!same) {
+    // The whole stack replaces the first image alone (a one-image series keeps it as it is).
+    await viewport.setStack(ids, Math.max(0, ids.indexOf(shown)));
+    viewport.render();
+  }
   updateOverlay('main');
-  status(`${seriesLabel(series)} · ${state.series.imageIds.length} image(s)`);
+  status(`${seriesLabel(series)} · ${ids.length} image(s)`);
   $('#mpr').disabled = !state.series.volumeReady || getShouldUseCPURendering();
 }
 
@@ -529,8 +537,7 @@ function wire() {
 
 async function start() {
   if (config.series.length) {
-    firstImageOf(config.series[0].uid);
-    run(seriesOf(config.study.uid, config.series[0].uid));
+    firstImageOf(config.series[0].uid); // while Cornerstone starts
   }
   await coreInit();
   dicomImageLoader.init({
