@@ -205,3 +205,44 @@ def test_voi_functions() -> None:
     assert rendered.parse_window("40,80,sigmoid") == rendered.Window(40, 80, rendered.SIGMOID)
     with pytest.raises(rendered.RenderError):
         rendered.parse_window("40,0")
+
+
+def test_a_series_and_a_study_rendered_as_one_image_per_instance(personas, client) -> None:
+    from tests.dicomweb_util import parts
+
+    first = _gradient_ct()
+    second = _gradient_ct(study_uid=first.StudyInstanceUID, series_uid=first.SeriesInstanceUID)
+    second.InstanceNumber = 2
+    store([first, second])
+    auth = basic(personas.radiologist)
+    series_url = f"/dicomweb/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}"
+    response = client.get(f"{series_url}/rendered?accept=image/png", **auth)
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content)
+    received = parts(response["Content-Type"], body)
+    assert [content_type for content_type, _ in received] == ["image/png", "image/png"]
+    single = _image(client.get(_url(first) + "?accept=image/png", **auth))
+    assert np.array_equal(np.asarray(Image.open(BytesIO(received[0][1]))), single)
+    study = client.get(f"/dicomweb/studies/{first.StudyInstanceUID}/rendered", **auth)
+    assert study.status_code == 200 and study["Content-Type"].startswith("multipart/related")
+    assert AuditEvent.objects.filter(detail__startswith="WADO-RS rendered: 2").exists()
+    outsider = client.get(f"{series_url}/rendered", **basic(personas.outsider))
+    assert outsider.status_code in (403, 404)
+
+
+def test_annotation_writes_patient_and_technique_into_the_image(personas, client) -> None:
+    ds = make.ct_instance(size=128)
+    ds.PixelData = np.zeros((128, 128), dtype=np.uint16).tobytes()  # black: the text shows
+    store([ds])
+    auth = basic(personas.radiologist)
+    url = _url(ds) + "?accept=image/png&window=5000,100"
+    plain = _image(client.get(url, **auth))
+    assert plain.max() == 0
+    marked = _image(client.get(url + "&annotation=patient,technique", **auth))
+    assert marked[:30].max() > 200 and marked[40:].max() == 0  # white text at the top only
+    assert client.get(url + "&annotation=everything", **auth).status_code == 400
+    lines = rendered.annotation_lines(
+        ds, rendered.Rendering(window=rendered.Window(40, 400), annotation=("patient", "technique"))
+    )
+    assert lines[0] == "Testperson Alex TP0001 19700101"
+    assert lines[1].startswith("CT") and lines[1].endswith("W 400 L 40")

@@ -14,7 +14,7 @@ from io import BytesIO
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -30,6 +30,7 @@ THUMBNAIL_SIZE = 128
 MAX_VIEWPORT = 4096
 LINEAR, LINEAR_EXACT, SIGMOID = "LINEAR", "LINEAR_EXACT", "SIGMOID"
 VOI_FUNCTIONS = (LINEAR, LINEAR_EXACT, SIGMOID)
+ANNOTATIONS = ("patient", "technique")
 OUTPUT_MAX = 255.0
 
 
@@ -56,6 +57,7 @@ class Rendering:
     window: Window | None = None
     viewport: tuple[int, int] | None = None
     quality: int = DEFAULT_QUALITY
+    annotation: tuple[str, ...] = ()  # "patient", "technique" (PS3.18 8.3.5.1.1)
 
 
 def parse_window(text: str) -> Window:
@@ -116,7 +118,33 @@ def parse_rendering(params: Any, accept: list[MediaType], *, thumbnail: bool = F
             raise RenderError("quality is 1 to 100") from exc
         if not 1 <= quality <= 100:
             raise RenderError("quality is 1 to 100")
-    return Rendering(media_type, window, viewport, quality)
+    annotation = parse_annotation(params.get("annotation", ""))
+    return Rendering(media_type, window, viewport, quality, annotation)
+
+
+def parse_annotation(text: str) -> tuple[str, ...]:
+    """The `annotation=patient,technique` query parameter (PS3.18 8.3.5.1.1)."""
+    items = tuple(dict.fromkeys(item.strip().lower() for item in text.split(",") if item.strip()))
+    unknown = [item for item in items if item not in ANNOTATIONS]
+    if unknown:
+        raise RenderError(f"annotation is patient and/or technique, not {unknown[0]!r}")
+    return items
+
+
+def annotation_lines(ds: Dataset, rendering: Rendering) -> list[str]:
+    """The text burnt into the image for the annotations asked for."""
+    lines = []
+    if "patient" in rendering.annotation:
+        name = str(ds.get("PatientName", "") or "").replace("^", " ").strip()
+        born = str(ds.get("PatientBirthDate", "") or "")
+        lines.append(" ".join(part for part in (name, str(ds.get("PatientID", "")), born) if part))
+    if "technique" in rendering.annotation:
+        window = rendering.window
+        parts = [str(ds.get("Modality", "")), str(ds.get("SeriesDescription", "") or "")]
+        if window is not None:
+            parts.append(f"W {window.width:g} L {window.center:g}")
+        lines.append(" ".join(part for part in parts if part))
+    return [line for line in lines if line]
 
 
 def voi(values: np.ndarray, window: Window) -> np.ndarray:
@@ -200,11 +228,16 @@ def frame_pixels(ds: Dataset, number: int, rendering: Rendering) -> np.ndarray:
     return np.rint(out).astype(np.uint8)
 
 
-def encode(pixels: np.ndarray, rendering: Rendering) -> bytes:
-    """PIXELS as JPEG or PNG, scaled to fit the viewport when one is given."""
+def encode(pixels: np.ndarray, rendering: Rendering, lines: list[str] | None = None) -> bytes:
+    """PIXELS as JPEG or PNG, scaled to fit the viewport when one is given, with LINES of
+    annotation written in its top left corner."""
     image = Image.fromarray(pixels, "RGB" if pixels.ndim == 3 else "L")
     if rendering.viewport is not None:
         image.thumbnail(rendering.viewport, Image.Resampling.LANCZOS)
+    if lines:
+        draw = ImageDraw.Draw(image)
+        white = (255, 255, 255) if image.mode == "RGB" else 255
+        draw.multiline_text((4, 4), "\n".join(lines), fill=white)
     buffer = BytesIO()
     if rendering.media_type == PNG:
         image.save(buffer, format="PNG")
@@ -215,4 +248,5 @@ def encode(pixels: np.ndarray, rendering: Rendering) -> bytes:
 
 def render_file(path: Any, number: int, rendering: Rendering) -> bytes:
     """Frame NUMBER of the DICOM file at PATH, rendered as asked."""
-    return encode(frame_pixels(dcmread(path), number, rendering), rendering)
+    ds = dcmread(path)
+    return encode(frame_pixels(ds, number, rendering), rendering, annotation_lines(ds, rendering))

@@ -7,13 +7,18 @@ its first series with pixels.
 
 from __future__ import annotations
 
-from django.http import HttpResponse, HttpResponseBase
+import logging
+from collections.abc import Iterator
+
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from rest_framework.request import Request
 
 from pacs.dicomweb import multipart, rendered, wado
 from pacs.dicomweb.views import DicomWebView, _audit_retrieval, _not_found, _text
 from pacs.models import Instance
 from pacs.storage import default_storage
+
+logger = logging.getLogger(__name__)
 
 
 def _representative(instances: list[Instance]) -> Instance | None:
@@ -24,6 +29,42 @@ def _representative(instances: list[Instance]) -> Instance | None:
     first_series = with_pixels[0].series_id
     series = [item for item in with_pixels if item.series_id == first_series]
     return series[len(series) // 2]
+
+
+# The most images one study or series rendering sends (PS3.18 10.4.1.1.3 allows a limit).
+MAX_RENDERED_PARTS = 2000
+
+
+def _rendered_parts(
+    request: Request, instances: list[Instance], how: rendered.Rendering
+) -> HttpResponseBase:
+    """A study or series rendered: the first frame of each image, one part each, in order."""
+    images = [item for item in instances if item.rows][:MAX_RENDERED_PARTS]
+    if not images:
+        return _text(404, "Nothing here has pixel data to render.")
+    storage = default_storage()
+    missing = [item for item in images if not storage.exists(item.file_path)]
+    if missing:
+        return _text(500, f"{len(missing)} of these files are missing from the archive.")
+    _audit_retrieval(request, images, "WADO-RS rendered")
+
+    def parts() -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
+        for item in images:
+            location = f"{wado.instance_location(item)}/rendered"
+            try:
+                body = rendered.render_file(storage.path(item.file_path), 1, how)
+            except rendered.RenderError as exc:  # one image that cannot be drawn: the others go
+                logger.warning("%s not rendered: %s", location, exc)
+                continue
+            yield {"Content-Type": how.media_type, "Content-Location": location}, iter([body])
+
+    boundary = multipart.new_boundary()
+    response = StreamingHttpResponse(
+        multipart.stream_parts(parts(), boundary),
+        content_type=f'multipart/related; type="{how.media_type}"; boundary={boundary}',
+    )
+    response["Cache-Control"] = "private, no-store"
+    return response
 
 
 class RenderedView(DicomWebView):
@@ -57,6 +98,8 @@ class RenderedView(DicomWebView):
         instances = wado.selected_instances(selection, visible)
         if not instances:
             raise _not_found(request, selection)
+        if instance is None and not self.thumbnail:
+            return _rendered_parts(request, instances, how)
         chosen = instances[0] if instance else _representative(instances)
         if chosen is None:
             return _text(404, "Nothing here has pixel data to render.")

@@ -48,6 +48,8 @@ urlpatterns = [
         rendered_views.RenderedView.as_view(),
         name="frame-rendered",
     ),
+    path(f"{_STUDY}/rendered", rendered_views.RenderedView.as_view(), name="study-rendered"),
+    path(f"{_SERIES}/rendered", rendered_views.RenderedView.as_view(), name="series-rendered"),
     path(f"{_STUDY}/thumbnail", rendered_views.ThumbnailView.as_view(), name="study-thumbnail"),
     path(f"{_SERIES}/thumbnail", rendered_views.ThumbnailView.as_view(), name="series-thumbnail"),
     path(f"{_INSTANCE}/thumbnail", rendered_views.ThumbnailView.as_view(), name="thumbnail"),
