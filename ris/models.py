@@ -259,6 +259,14 @@ class Order(models.Model):
         ordering = ["-ordered_at", "-id"]
         indexes = [models.Index(fields=["status", "priority"])]
         permissions = [("schedule_order", "Can book, move and cancel bookings")]
+        constraints = [
+            # One live order per placer order number (ORC-2): two NW racing cannot both win.
+            models.UniqueConstraint(
+                fields=["placer_order_number"],
+                condition=~models.Q(placer_order_number="") & ~models.Q(status="cancelled"),
+                name="placer_order_number_unique_while_open",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"Order {self.accession_number}"

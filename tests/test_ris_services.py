@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from pydicom.uid import UID
 
@@ -43,6 +44,18 @@ def test_given_accession_number_is_kept_and_a_duplicate_refused() -> None:
     with pytest.raises(ValidationError, match="already used"):
         factories.order(accession_number="EXT123")
     assert Order.objects.filter(accession_number="EXT123").count() == 1
+
+
+def test_a_placer_order_number_names_one_live_order() -> None:
+    first = factories.order(placer_order_number="PLC-77")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        factories.order(placer_order_number="PLC-77")  # a second NW racing past the check
+    services.cancel_order(first, "ordered twice by mistake")
+    again = factories.order(placer_order_number="PLC-77")  # the number may be used again
+    assert Order.objects.filter(placer_order_number="PLC-77").count() == 2
+    assert again.status == Order.Status.SCHEDULED
+    factories.order()
+    factories.order()  # orders without a placer number are many
 
 
 def test_room_of_another_modality_is_refused_and_nothing_is_written() -> None:
