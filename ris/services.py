@@ -14,6 +14,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 from guardian.models import UserObjectPermission
 from guardian.shortcuts import assign_perm, remove_perm
@@ -119,31 +120,51 @@ def register_patient(
     _set_search_name(patient)
     patient.full_clean()
     patient.save()
-    for identifier in data.identifiers:
-        add_identifier(patient, identifier)
+    add_identifiers(patient, list(data.identifiers))
     audit.record(
         audit.Action.CREATE, patient, **_audit_kwargs(actor, channel, source_address, actor_name)
     )
     return patient
 
 
-def add_identifier(patient: Patient, identifier: IdentifierInput) -> PatientIdentifier:
-    """Attach IDENTIFIER to PATIENT; the issuer is created on first use."""
-    value = identifier.value.strip()
-    if not value:
-        raise ValidationError({"identifiers": "An identifier needs a value."})
-    issuer, _ = AssigningAuthority.objects.get_or_create(namespace_id=identifier.issuer.strip())
-    held = PatientIdentifier.objects.filter(issuer=issuer, value=value).select_related("patient")
-    existing = held.first()
-    if existing is not None:
-        if existing.patient_id == patient.pk:
-            return existing
-        raise ValidationError(
-            {"identifiers": f"{value} ({issuer}) already belongs to patient {existing.patient_id}."}
-        )
-    return PatientIdentifier.objects.create(
-        patient=patient, value=value, issuer=issuer, type=identifier.type
-    )
+def add_identifiers(
+    patient: Patient, identifiers: list[IdentifierInput]
+) -> list[PatientIdentifier]:
+    """Attach IDENTIFIERS to PATIENT, in a fixed number of queries; issuers are created on
+    first use, one held by another patient is refused, one PATIENT holds is kept as it is."""
+    wanted: dict[tuple[str, str], IdentifierInput] = {}
+    for identifier in identifiers:
+        value = identifier.value.strip()
+        if not value:
+            raise ValidationError({"identifiers": "An identifier needs a value."})
+        wanted.setdefault((identifier.issuer.strip(), value), identifier)
+    if not wanted:
+        return []
+    namespaces = {namespace for namespace, _ in wanted}
+    issuers = {
+        a.namespace_id: a for a in AssigningAuthority.objects.filter(namespace_id__in=namespaces)
+    }
+    for namespace in sorted(namespaces - issuers.keys()):
+        issuers[namespace], _ = AssigningAuthority.objects.get_or_create(namespace_id=namespace)
+    held = Q()
+    for namespace, value in wanted:
+        held |= Q(issuer=issuers[namespace], value=value)
+    existing = {(i.issuer_id, i.value): i for i in PatientIdentifier.objects.filter(held)}
+    result, new = [], []
+    for (namespace, value), identifier in wanted.items():
+        issuer = issuers[namespace]
+        found = existing.get((issuer.pk, value))
+        if found is not None and found.patient_id != patient.pk:
+            held_by = f"{value} ({issuer}) already belongs to patient {found.patient_id}."
+            raise ValidationError({"identifiers": held_by})
+        if found is None:
+            found = PatientIdentifier(
+                patient=patient, value=value, issuer=issuer, type=identifier.type
+            )
+            new.append(found)
+        result.append(found)
+    PatientIdentifier.objects.bulk_create(new)
+    return result
 
 
 @transaction.atomic
@@ -724,11 +745,10 @@ def add_patient_identifiers(
     """Attach the IDENTIFIERS that PATIENT does not hold yet; return the new ones."""
     patient = resolve_patient(patient)
     held = {(i.issuer.namespace_id, i.value) for i in patient.identifiers.select_related("issuer")}
-    added = [
-        add_identifier(patient, identifier)
-        for identifier in identifiers
-        if (identifier.issuer.strip(), identifier.value.strip()) not in held
-    ]
+    added = add_identifiers(
+        patient,
+        [i for i in identifiers if (i.issuer.strip(), i.value.strip()) not in held],
+    )
     if added:
         audit.record(
             audit.Action.UPDATE,
