@@ -162,10 +162,23 @@ def wait_for_port(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
     raise SystemExit(f"the listener did not start: {seen!r}")
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def cpu_seconds(pid: int) -> float:
-    """Return the CPU time (user + system) process PID has used so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """Return the CPU time (user + system) process PID and its children use so far (Linux)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # itself, or a listener it runs
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def report(label: str, messages: int, rate: float, cpu: float) -> None:
@@ -182,6 +195,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=500, help="ADT+ORM pairs per run (500)")
     parser.add_argument("--connections", type=int, default=4, help="for the second run (4)")
     parser.add_argument("--keep", action="store_true", help="print the scratch folder, keep it")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="listener processes sharing the port (1)"
+    )
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="bench-hl7-"))
@@ -195,7 +211,10 @@ def main() -> None:
             "PYTHONUNBUFFERED": "1",
         }
         engine = database_url.split(":", 1)[0]
-        print(f"database: {engine} (scratch); CPUs: {os.cpu_count()}")
+        print(
+            f"database: {engine} (scratch); CPUs: {os.cpu_count()}; "
+            f"listener processes: {args.processes}"
+        )
         manage(env, "migrate", "--noinput")
         manage(env, "import_procedures", str(ROOT / "ris" / "fixtures" / "procedures.csv"))
         log = (folder / "hl7server.log").open("wb")
@@ -205,7 +224,9 @@ def main() -> None:
                 str(ROOT / "manage.py"),
                 "hl7server",
                 "--port",
-                "0",
+                str(free_port() if args.processes > 1 else 0),
+                "--processes",
+                str(args.processes),
                 "--bind",
                 "127.0.0.1",
             ],

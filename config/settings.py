@@ -208,6 +208,8 @@ DICOM_PROCESSES = env_int("DICOM_PROCESSES", min(os.cpu_count() or 1, 4), minimu
 # How many associations the DICOM listener serves at once.
 DICOM_MAX_ASSOCIATIONS = env_int("DICOM_MAX_ASSOCIATIONS", 32, minimum=1)
 HL7_PORT = env_int("HL7_PORT", 2575, minimum=0, maximum=65535)
+# MLLP listener processes sharing HL7_PORT, as for DICOM: one per core, at most four.
+HL7_PROCESSES = env_int("HL7_PROCESSES", min(os.cpu_count() or 1, 4), minimum=1)
 HL7_BIND_ADDRESS = env_str("HL7_BIND_ADDRESS", "0.0.0.0") or "0.0.0.0"
 HL7_SENDING_APPLICATION = env_str("HL7_SENDING_APPLICATION", "RISPACS") or "RISPACS"
 HL7_SENDING_FACILITY = env_str("HL7_SENDING_FACILITY", "RADIOLOGY") or "RADIOLOGY"

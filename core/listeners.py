@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -90,3 +91,45 @@ class BeatStandIn(threading.Thread):
     def stop(self) -> None:
         self.stopped.set()
         self.join(timeout=max(self.entries.values(), default=0) + 30)
+
+
+# A worker process that dies is started again after this many seconds.
+RESTART_DELAY = 1.0
+
+
+def supervise(
+    command: list[str],
+    count: int,
+    *,
+    label: str,
+    announce_line: str,
+    stdout: Writer,
+    stderr: Writer,
+    beat_prefixes: tuple[str, ...] = (),
+) -> None:
+    """Run COUNT copies of COMMAND (listeners sharing one port with SO_REUSEPORT), start one
+    again when it dies, stop them all on SIGTERM or SIGINT. Without a broker, this process
+    (one per machine) runs the beat entries of BEAT_PREFIXES."""
+    sweeper = (
+        BeatStandIn(beat_prefixes) if beat_prefixes and settings.CELERY_TASK_ALWAYS_EAGER else None
+    )
+    with stop_signals() as stop:
+        workers = [subprocess.Popen(command) for _ in range(count)]  # noqa: S603
+        if sweeper is not None:
+            sweeper.start()
+        announce(announce_line, stdout)
+        while not stop.wait(0.5):
+            for index, worker in enumerate(workers):
+                if worker.poll() is not None:
+                    stderr.write(
+                        f"{label} process {worker.pid} exited ({worker.returncode}); restarting\n"
+                    )
+                    time.sleep(RESTART_DELAY)
+                    workers[index] = subprocess.Popen(command)  # noqa: S603
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=60)
+        if sweeper is not None:
+            sweeper.stop()

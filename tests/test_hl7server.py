@@ -19,7 +19,15 @@ import pytest
 from ris.hl7 import ack, server
 from ris.hl7.mllp import START_BLOCK, FrameDecoder, encode_frame
 from ris.hl7.server import MLLPServer, build_server, respond, start
-from tests.netutil import DEADLINE, LISTENING, manage_py, read_line, stop, subprocess_env
+from tests.netutil import (
+    DEADLINE,
+    LISTENING,
+    manage_py,
+    read_line,
+    stop,
+    subprocess_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -284,3 +292,33 @@ def test_hl7server_command_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert fields(reply, "MSA")[1:3] == [ack.APPLICATION_ACCEPT, "CMD-1"]
     assert returncode == 0, stderr
     assert "HL7 listener stopped" in stdout
+
+
+def test_several_listener_processes_share_the_port_and_stop_together(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a free port, for the workers to share
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = subprocess_env(tmp_path)
+    with manage_py("migrate", "--noinput", env=env) as migrate:
+        assert migrate.wait(timeout=120) == 0, migrate.communicate()[1]
+    args = ["hl7server", "--processes", "2", "--port", str(port), "--bind", "127.0.0.1"]
+    with manage_py(*args, env=env) as supervisor:
+        read_line(supervisor, re.compile(r"HL7 supervisor: 2 processes"))
+
+        def exchange_one(number: int) -> str | None:
+            try:
+                with connect(port) as sock:
+                    sock.sendall(encode_frame(adt_a01(f"SHARED-{number}")))
+                    [reply] = receive(sock, 1)
+                    return reply
+            except OSError:
+                return None  # the workers are still starting
+
+        replies = [
+            wait_until(lambda n=n: exchange_one(n), what="an ACK from a worker") for n in range(6)
+        ]
+        returncode, stdout, _ = stop(supervisor)
+    assert [fields(reply, "MSA")[1] for reply in replies] == [ack.APPLICATION_ACCEPT] * 6
+    assert returncode == 0 and "stopped" in stdout
+    with socket.socket() as again:  # every worker is gone: the port is free
+        again.bind(("127.0.0.1", port))

@@ -122,13 +122,20 @@ class MLLPServer(socketserver.ThreadingTCPServer):
         *,
         read_timeout: float = READ_TIMEOUT,
         max_frame_size: int = MAX_FRAME_SIZE,
+        reuse_port: bool = False,
     ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
+        self.reuse_port = reuse_port
         self.respond = respond
         self.read_timeout = read_timeout
         self.max_frame_size = max_frame_size
         super().__init__(address, MLLPRequestHandler)
+
+    def server_bind(self) -> None:
+        if self.reuse_port:  # several processes on one port: the kernel spreads connections
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     @property
     def port(self) -> int:
@@ -143,13 +150,17 @@ class MLLPServer(socketserver.ThreadingTCPServer):
         self.server_close()
 
 
-def build_server(address: str, port: int, *, read_timeout: float = READ_TIMEOUT) -> MLLPServer:
+def build_server(
+    address: str, port: int, *, read_timeout: float = READ_TIMEOUT, reuse_port: bool = False
+) -> MLLPServer:
     """Bind the listener on ADDRESS:PORT (0: any free port)."""
-    return MLLPServer((address, port), respond, read_timeout=read_timeout)
+    return MLLPServer((address, port), respond, read_timeout=read_timeout, reuse_port=reuse_port)
 
 
-def _listen(address: str, port: int, read_timeout: float, stdout: Writer | None) -> MLLPServer:
-    server = build_server(address, port, read_timeout=read_timeout)
+def _listen(
+    address: str, port: int, read_timeout: float, stdout: Writer | None, reuse_port: bool = False
+) -> MLLPServer:
+    server = build_server(address, port, read_timeout=read_timeout, reuse_port=reuse_port)
     thread = threading.Thread(
         target=server.serve_forever,
         kwargs={"poll_interval": SHUTDOWN_POLL_INTERVAL},
@@ -170,17 +181,18 @@ def start(
     read_timeout: float = READ_TIMEOUT,
     stdout: Writer | None = None,
     sweep: bool = False,
+    reuse_port: bool = False,
 ) -> MLLPServer:
     """Listen on ADDRESS:PORT; with BLOCK, serve until SIGTERM or SIGINT, then stop.
 
     With SWEEP, also run the HL7 interface's beat entries (the outbox sweep) for set-ups
-    without beat.
+    without beat; with REUSE_PORT, share the port with other listener processes.
     """
     if not block:
-        return _listen(address, port, read_timeout, stdout)
+        return _listen(address, port, read_timeout, stdout, reuse_port)
     sweeper = BeatStandIn(BEAT_TASK_PREFIXES) if sweep else None
     with stop_signals() as stop:
-        server = _listen(address, port, read_timeout, stdout)
+        server = _listen(address, port, read_timeout, stdout, reuse_port)
         if sweeper is not None:
             sweeper.start()
         try:

@@ -1,20 +1,14 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
 import sys
-import time
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.dicom_server import BEAT_TASK_PREFIXES, build_ae, start, validate_ae_title
-from core.listeners import BeatStandIn, stop_signals
-
-# A worker process that dies is started again after this many seconds.
-RESTART_DELAY = 1.0
+from core.listeners import supervise
 
 
 class Command(BaseCommand):
@@ -73,25 +67,13 @@ class Command(BaseCommand):
             "--ae-title",
             ae_title,
         ]
-        sweeper = BeatStandIn(BEAT_TASK_PREFIXES) if settings.CELERY_TASK_ALWAYS_EAGER else None
-        with stop_signals() as stop:
-            workers = [subprocess.Popen(command) for _ in range(count)]  # noqa: S603
-            if sweeper is not None:
-                sweeper.start()
-            self.stdout.write(f"DICOM supervisor: {count} processes on {address}:{port}")
-            while not stop.wait(0.5):
-                for index, worker in enumerate(workers):
-                    if worker.poll() is not None:
-                        self.stderr.write(
-                            f"DICOM process {worker.pid} exited ({worker.returncode}); restarting"
-                        )
-                        time.sleep(RESTART_DELAY)
-                        workers[index] = subprocess.Popen(command)  # noqa: S603
-            for worker in workers:
-                if worker.poll() is None:
-                    worker.send_signal(signal.SIGTERM)
-            for worker in workers:
-                worker.wait(timeout=60)
-            if sweeper is not None:
-                sweeper.stop()
+        supervise(
+            command,
+            count,
+            label="DICOM",
+            announce_line=f"DICOM supervisor: {count} processes on {address}:{port}",
+            stdout=self.stdout,
+            stderr=self.stderr,
+            beat_prefixes=BEAT_TASK_PREFIXES,
+        )
         self.stdout.write("DICOM listener stopped")

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import argparse
+import sys
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ris.hl7.server import READ_TIMEOUT, start
+from core.listeners import supervise
+from ris.hl7.server import BEAT_TASK_PREFIXES, READ_TIMEOUT, start
 
 
 class Command(BaseCommand):
@@ -22,6 +25,13 @@ class Command(BaseCommand):
             default=READ_TIMEOUT,
             help=f"seconds a silent connection stays open (default {READ_TIMEOUT:g})",
         )
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=None,
+            help="listener processes sharing the port (default HL7_PROCESSES; 1 with --port 0)",
+        )
+        parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
         port = settings.HL7_PORT if options["port"] is None else options["port"]
@@ -30,6 +40,23 @@ class Command(BaseCommand):
         if options["read_timeout"] <= 0:
             raise CommandError("--read-timeout must be positive")
         address = options["bind"] or settings.HL7_BIND_ADDRESS
+        processes = options["processes"] or settings.HL7_PROCESSES
+        if processes < 1:
+            raise CommandError("--processes must be at least 1")
+        if processes > 1 and port != 0 and not options["worker"]:
+            command = [sys.executable, sys.argv[0], "hl7server", "--worker", "--port", str(port)]
+            command += ["--bind", address, "--read-timeout", str(options["read_timeout"])]
+            supervise(
+                command,
+                processes,
+                label="HL7",
+                announce_line=f"HL7 supervisor: {processes} processes on {address}:{port}",
+                stdout=self.stdout,
+                stderr=self.stderr,
+                beat_prefixes=BEAT_TASK_PREFIXES,
+            )
+            self.stdout.write("HL7 listener stopped")
+            return
         try:
             start(
                 address,
@@ -37,8 +64,9 @@ class Command(BaseCommand):
                 block=True,
                 read_timeout=options["read_timeout"],
                 stdout=self.stdout,
-                # No broker, no beat: the listener sends what the outbox holds.
-                sweep=settings.CELERY_TASK_ALWAYS_EAGER,
+                # No broker, no beat: the listener (one per machine) sends what the outbox holds.
+                sweep=settings.CELERY_TASK_ALWAYS_EAGER and not options["worker"],
+                reuse_port=options["worker"],
             )
         except OSError as exc:
             raise CommandError(f"cannot listen on {address}:{port}: {exc}") from exc
