@@ -157,7 +157,7 @@ def test_non_ascii_names_are_utf8_and_uids_follow_the_version() -> None:
 # ---------------------------------------------------------------- with the database
 
 
-def booked(referrer: User | None = None, **patient_fields: Any) -> Order:
+def booked(referrer: User | None = None, *, placer: str = "PLC-77", **patient_fields: Any) -> Order:
     patient = factories.patient(
         "Testperson",
         "Alex",
@@ -170,7 +170,7 @@ def booked(referrer: User | None = None, **patient_fields: Any) -> Order:
         patient,
         referring_physician=referrer,
         referring_physician_name="Referrer^Rita^^Dr",
-        placer_order_number="PLC-77",
+        placer_order_number=placer,
     )
 
 
@@ -498,7 +498,7 @@ def pdf_url(report: Report) -> str:
 @pytest.fixture
 def reports(personas: Personas) -> dict[str, Report]:
     mine = booked(personas.referring_physician)
-    theirs = booked(personas.other_physician)
+    theirs = booked(personas.other_physician, placer="PLC-78")
     ris_services.grant_patient_access(mine.patient, personas.patient)
     draft = Report.objects.create(order=mine, findings="Draft words.", author=personas.radiologist)
     return {
