@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import subprocess
@@ -72,16 +73,24 @@ class BeatStandIn(threading.Thread):
         }
         self.stopped = threading.Event()
 
-    def run(self) -> None:
+    def tasks(self) -> dict[str, Any]:
+        """The Celery tasks of the entries: their modules imported here, since a listener
+        process may not have imported them (Celery finds tasks lazily)."""
         from config.celery import app
 
+        for name in self.entries:
+            importlib.import_module(name.rsplit(".", 1)[0])
+        return {name: app.tasks[name] for name in self.entries}
+
+    def run(self) -> None:
+        tasks = self.tasks()
         due = {task: time.monotonic() + every for task, every in self.entries.items()}
         while due and not self.stopped.wait(max(0.0, min(due.values()) - time.monotonic())):
             for task, at in due.items():
                 if at > time.monotonic():
                     continue
                 try:
-                    app.tasks[task].apply(throw=True)
+                    tasks[task]()  # in this thread, as beat's worker would run it
                 except Exception:  # keep sweeping: the next round may find the database back
                     logger.exception("%s failed", task)
                 finally:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,7 @@ from ris.hl7 import ack, server
 from ris.hl7.mllp import START_BLOCK, FrameDecoder, encode_frame
 from ris.hl7.server import MLLPServer, build_server, respond, start
 from tests.netutil import (
+    BASE_DIR,
     DEADLINE,
     LISTENING,
     manage_py,
@@ -322,3 +325,26 @@ def test_several_listener_processes_share_the_port_and_stop_together(tmp_path: P
     assert returncode == 0 and "stopped" in stdout
     with socket.socket() as again:  # every worker is gone: the port is free
         again.bind(("127.0.0.1", port))
+
+
+def test_the_stand_in_for_beat_finds_its_tasks_in_a_fresh_process(tmp_path: Path) -> None:
+    # A listener process has not imported the apps' tasks modules; Celery finds them lazily.
+    code = (
+        "import django; django.setup(); "
+        "from core.listeners import BeatStandIn; "
+        "from core.dicom_server import BEAT_TASK_PREFIXES as DICOM; "
+        "from ris.hl7.server import BEAT_TASK_PREFIXES as HL7; "
+        "print(sorted(BeatStandIn(HL7).tasks()) + sorted(BeatStandIn(DICOM).tasks()))"
+    )
+    env = {**subprocess_env(tmp_path), "DJANGO_SETTINGS_MODULE": "config.settings"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=BASE_DIR, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(
+        [
+            "ris.hl7.tasks.sweep_outbox",
+            "pacs.tasks.sweep_commitment_reports",
+            "pacs.tasks.sweep_header_rewrites",
+        ]
+    )
