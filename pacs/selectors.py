@@ -118,7 +118,7 @@ ATTRIBUTES = {
     )
 }
 # Keys answered by every level without a column of their own.
-_ALWAYS = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle", "InstanceAvailability"}
+_ALWAYS = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"}
 _UNIQUE_KEY = {
     PATIENT: "PatientID",
     STUDY: "StudyInstanceUID",
@@ -395,8 +395,6 @@ def matches(query: FindQuery, identifier: Dataset, *, retrieve_ae_title: str) ->
         response.QueryRetrieveLevel = query.level
         if "RetrieveAETitle" in identifier:
             response.RetrieveAETitle = retrieve_ae_title
-        if "InstanceAvailability" in identifier:
-            response.InstanceAvailability = INSTANCE_AVAILABILITY
         yield response
 
 

@@ -75,12 +75,14 @@ def test_study_level_single_value(archive: int) -> None:
             StudyInstanceUID="",
             PatientName="",
             NumberOfStudyRelatedInstances="",
+            InstanceAvailability="",
         ),
     )
     assert final.Status == 0x0000
     assert len(matches) == 1
     assert matches[0].PatientName == "Beta^Bob"
     assert int(matches[0].NumberOfStudyRelatedInstances) == 3
+    assert matches[0].InstanceAvailability == "ONLINE"  # PS3.4 C.4.1.1.3.1.2
 
 
 def test_person_names_match_with_wildcards_and_without_case(archive: int) -> None:
