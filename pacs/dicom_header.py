@@ -6,9 +6,11 @@ Plain module: no Django. The ingest service turns an InstanceHeader into index r
 from __future__ import annotations
 
 import datetime as dt
+import struct
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
@@ -19,6 +21,12 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 # The index needs nothing past group 0040; stopping there skips pixel data, encapsulated
 # documents and large private blocks without reading them.
 _LAST_GROUP_READ = 0x0040
+
+
+class Values(Protocol):
+    """What the header is read from: a pydicom Dataset, or the direct reader's values."""
+
+    def get(self, keyword: str, /) -> Any: ...
 
 
 class HeaderError(ValueError):
@@ -78,7 +86,7 @@ def parse_dataset(encoded: bytes, transfer_syntax: str) -> Dataset:
         raise HeaderError(f"dataset cannot be parsed: {type(exc).__name__}: {exc}") from exc
 
 
-def _text(ds: Dataset, keyword: str, limit: int = 0) -> str:
+def _text(ds: Values, keyword: str, limit: int = 0) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""
@@ -90,7 +98,7 @@ def _text(ds: Dataset, keyword: str, limit: int = 0) -> str:
     return text[:limit] if limit else text
 
 
-def _date(ds: Dataset, keyword: str) -> dt.date | None:
+def _date(ds: Values, keyword: str) -> dt.date | None:
     text = _text(ds, keyword)
     if not text:
         return None
@@ -100,7 +108,7 @@ def _date(ds: Dataset, keyword: str) -> dt.date | None:
         return None  # a malformed date is kept in the file, not indexed
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(ds: Values, keyword: str) -> int | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return None
@@ -111,7 +119,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     return number if -(2**31) <= number < 2**31 else None
 
 
-def _uid(ds: Dataset, keyword: str) -> str:
+def _uid(ds: Values, keyword: str) -> str:
     value = _text(ds, keyword)
     if not value:
         raise HeaderError(f"{keyword} is missing")
@@ -121,7 +129,23 @@ def _uid(ds: Dataset, keyword: str) -> str:
 
 
 def read_header(encoded: bytes, transfer_syntax: str) -> InstanceHeader:
-    """Parse ENCODED once and return what the index needs; raise HeaderError if it cannot."""
+    """Parse ENCODED once and return what the index needs; raise HeaderError if it cannot.
+
+    Little endian datasets in the usual character sets are read by `_scan`, which decodes
+    only the elements the index needs; anything else (big endian, deflate, code
+    extensions, a multi-valued or unusual value) goes through pydicom, which gives the
+    same header for what both read (tests/test_dicom_header.py compares them).
+    """
+    syntax = UID(transfer_syntax)
+    if syntax.is_little_endian and syntax != DeflatedExplicitVRLittleEndian:
+        values = _scan(encoded, syntax.is_implicit_VR)
+        if values is not None:
+            try:
+                return _header_of(values)
+            except HeaderError:
+                raise
+            except Exception:  # noqa: S110  (pydicom below says what is wrong)
+                pass
     ds = parse_dataset(encoded, transfer_syntax)
     try:
         return _header_of(ds)
@@ -131,7 +155,165 @@ def read_header(encoded: bytes, transfer_syntax: str) -> InstanceHeader:
         raise HeaderError(f"dataset cannot be decoded: {type(exc).__name__}: {exc}") from exc
 
 
-def _header_of(ds: Dataset) -> InstanceHeader:
+# -- the direct reader -------------------------------------------------------------------
+
+# The elements the index reads: tag -> (keyword, VR). An element found with another VR
+# (explicit VR), or a value this reader does not decode, sends the dataset to pydicom.
+_WANTED: dict[int, tuple[str, str]] = {
+    0x00080005: ("SpecificCharacterSet", "CS"),
+    0x00080016: ("SOPClassUID", "UI"),
+    0x00080018: ("SOPInstanceUID", "UI"),
+    0x00080020: ("StudyDate", "DA"),
+    0x00080021: ("SeriesDate", "DA"),
+    0x00080030: ("StudyTime", "TM"),
+    0x00080031: ("SeriesTime", "TM"),
+    0x00080050: ("AccessionNumber", "SH"),
+    0x00080060: ("Modality", "CS"),
+    0x00080080: ("InstitutionName", "LO"),
+    0x00080090: ("ReferringPhysicianName", "PN"),
+    0x00081010: ("StationName", "SH"),
+    0x00081030: ("StudyDescription", "LO"),
+    0x0008103E: ("SeriesDescription", "LO"),
+    0x00100010: ("PatientName", "PN"),
+    0x00100020: ("PatientID", "LO"),
+    0x00100021: ("IssuerOfPatientID", "LO"),
+    0x00100030: ("PatientBirthDate", "DA"),
+    0x00100040: ("PatientSex", "CS"),
+    0x00180015: ("BodyPartExamined", "CS"),
+    0x0020000D: ("StudyInstanceUID", "UI"),
+    0x0020000E: ("SeriesInstanceUID", "UI"),
+    0x00200010: ("StudyID", "SH"),
+    0x00200011: ("SeriesNumber", "IS"),
+    0x00200013: ("InstanceNumber", "IS"),
+    0x00280008: ("NumberOfFrames", "IS"),
+    0x00280010: ("Rows", "US"),
+    0x00280011: ("Columns", "US"),
+    0x00280100: ("BitsAllocated", "US"),
+}
+# PS3.5 7.1.2: explicit VRs with a 2-byte reserved field and a 4-byte length.
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+)
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+# Character sets read here: each value's bytes decode on their own (no code extensions).
+# Text VRs follow the character set; the others are read as pydicom reads them.
+_TEXT_CODECS = {"": "latin_1", "ISO_IR 6": "latin_1", "ISO_IR 100": "latin_1"}
+_TEXT_CODECS["ISO_IR 192"] = "utf_8"
+_CHARSET_VRS = frozenset({"LO", "PN", "SH"})
+_HEAD = struct.Struct("<HHI")  # tag and 4-byte length (implicit VR, items)
+_HEAD_EXPLICIT = struct.Struct("<HH2sH")  # tag, VR and 2-byte length
+_LENGTH = struct.Struct("<I")
+_US = struct.Struct("<H")
+
+
+class _Unread(Exception):
+    """The direct reader leaves this dataset to pydicom."""
+
+
+def _scan(encoded: bytes, implicit: bool) -> dict[str, str | int] | None:
+    """The index's elements of a little endian dataset, or None to use pydicom."""
+    try:
+        raw = _raw_elements(encoded, implicit)
+        charset = raw.pop("SpecificCharacterSet", (b"", "CS"))[0].decode("ascii").strip(" \0")
+        codec = _TEXT_CODECS.get(charset)
+        if codec is None:
+            return None  # several or code-extended character sets: pydicom's decoder
+        values: dict[str, str | int] = {"SpecificCharacterSet": charset}
+        for keyword, (data, vr) in raw.items():
+            values[keyword] = _decode(data, vr, codec)
+        return values
+    except (_Unread, struct.error, UnicodeDecodeError, ValueError, IndexError):
+        return None
+
+
+def _raw_elements(encoded: bytes, implicit: bool) -> dict[str, tuple[bytes, str]]:
+    found: dict[str, tuple[bytes, str]] = {}
+    offset, end = 0, len(encoded)
+    while offset < end:
+        group, number, length = _HEAD.unpack_from(encoded, offset)
+        if group > _LAST_GROUP_READ:
+            break
+        tag = group << 16 | number
+        if implicit:
+            vr = _WANTED[tag][1] if tag in _WANTED else ""
+            offset += 8
+        else:
+            group, number, vr_bytes, length = _HEAD_EXPLICIT.unpack_from(encoded, offset)
+            if vr_bytes in _LONG_VRS:
+                (length,) = _LENGTH.unpack_from(encoded, offset + 8)
+                offset += 12
+            else:
+                offset += 8
+            vr = vr_bytes.decode("ascii")
+        if length == _UNDEFINED:
+            offset = _skip_undefined(encoded, offset, implicit)
+            continue
+        if offset + length > end:
+            raise _Unread  # truncated: pydicom words the error
+        wanted = _WANTED.get(tag)
+        if wanted is not None:
+            if vr != wanted[1]:
+                raise _Unread
+            found[wanted[0]] = (encoded[offset : offset + length], vr)
+        offset += length
+    return found
+
+
+def _skip_undefined(encoded: bytes, offset: int, implicit: bool) -> int:
+    """The offset after a sequence of undefined length whose items start at OFFSET."""
+    while True:
+        group, number, length = _HEAD.unpack_from(encoded, offset)
+        tag = group << 16 | number
+        offset += 8
+        if tag == _SEQUENCE_END:
+            return offset
+        if tag != _ITEM:
+            raise _Unread
+        if length != _UNDEFINED:
+            offset += length
+            continue
+        offset = _skip_item(encoded, offset, implicit)
+
+
+def _skip_item(encoded: bytes, offset: int, implicit: bool) -> int:
+    """The offset after an item of undefined length whose elements start at OFFSET."""
+    while True:
+        group, number, length = _HEAD.unpack_from(encoded, offset)
+        if (group << 16 | number) == _ITEM_END:
+            return offset + 8
+        if implicit:
+            offset += 8
+        else:
+            vr_bytes = encoded[offset + 4 : offset + 6]
+            if vr_bytes in _LONG_VRS:
+                (length,) = _LENGTH.unpack_from(encoded, offset + 8)
+                offset += 12
+            else:
+                length = _US.unpack_from(encoded, offset + 6)[0]
+                offset += 8
+        if length == _UNDEFINED:
+            offset = _skip_undefined(encoded, offset, implicit)
+        else:
+            offset += length
+        if offset > len(encoded):
+            raise _Unread
+
+
+def _decode(data: bytes, vr: str, codec: str) -> str | int:
+    if vr == "US":
+        if len(data) != 2:
+            raise _Unread
+        return int(_US.unpack(data)[0])
+    text = data.decode(codec if vr in _CHARSET_VRS else "latin_1").rstrip("\0 ")
+    if "\\" in text or (vr == "PN" and "=" in text):
+        raise _Unread  # several values, or name groups: pydicom splits them
+    if vr == "IS" and text.strip():
+        return int(text)  # anything but a plain integer: pydicom's reading
+    return text
+
+
+def _header_of(ds: Values) -> InstanceHeader:
     return InstanceHeader(
         sop_class_uid=_uid(ds, "SOPClassUID"),
         sop_instance_uid=_uid(ds, "SOPInstanceUID"),

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from core import audit
 from pacs import journal, reconciliation
@@ -70,20 +68,30 @@ def delimited(values: list[str]) -> str:
     return "\\" + "\\".join(values) + "\\" if values else ""
 
 
+def _meta_element(tag: int, vr: bytes, value: bytes, pad: bytes = b" ") -> bytes:
+    if len(value) % 2:
+        value += pad
+    if vr == b"OB":  # PS3.5 7.1.2: reserved field and a 4-byte length
+        return struct.pack("<HH2sHI", 0x0002, tag, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, tag, vr, len(value)) + value
+
+
 def file_meta_bytes(header: InstanceHeader, transfer_syntax: str, calling_ae: str) -> bytes:
-    """Encode the preamble, prefix and File Meta Information (PS3.10 7.1) for a received dataset."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(header.sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(header.sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    """Encode the preamble, prefix and File Meta Information (PS3.10 7.1) for a received dataset:
+    explicit VR little endian, byte for byte as pydicom's write_file_meta_info writes it."""
+    elements = [
+        _meta_element(0x0001, b"OB", b"\x00\x01"),  # File Meta Information Version
+        _meta_element(0x0002, b"UI", header.sop_class_uid.encode("ascii"), b"\0"),
+        _meta_element(0x0003, b"UI", header.sop_instance_uid.encode("ascii"), b"\0"),
+        _meta_element(0x0010, b"UI", transfer_syntax.encode("ascii"), b"\0"),
+        _meta_element(0x0012, b"UI", PYDICOM_IMPLEMENTATION_UID.encode("ascii"), b"\0"),
+        _meta_element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii")),
+    ]
     if calling_ae:
-        meta.SourceApplicationEntityTitle = calling_ae
-    buffer = BytesIO()
-    buffer.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buffer, meta, enforce_standard=True)  # type: ignore[arg-type]
-    return buffer.getvalue()
+        elements.append(_meta_element(0x0016, b"AE", calling_ae.encode("ascii")))
+    body = b"".join(elements)
+    group_length = _meta_element(0x0000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + group_length + body
 
 
 def ingest_instance(

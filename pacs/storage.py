@@ -45,12 +45,15 @@ class FileStorage:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        self._root = os.path.abspath(root)
 
     def path(self, relative_path: str) -> Path:
-        full = (self.root / relative_path).resolve()
-        if not full.is_relative_to(self.root.resolve()):
+        # Lexical: relative paths are the archive's own (UIDs, digits and dots); ".." or an
+        # absolute path from elsewhere is refused without asking the filesystem.
+        full = os.path.normpath(os.path.join(self._root, relative_path))
+        if not full.startswith(self._root + os.sep):
             raise ValueError(f"path escapes the storage root: {relative_path!r}")
-        return full
+        return Path(full)
 
     def write(self, relative_path: str, chunks: list[bytes], *, replace: bool = False) -> int:
         """Write CHUNKS to RELATIVE_PATH durably: fsynced, moved into place, directory fsynced.
