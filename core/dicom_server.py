@@ -22,10 +22,17 @@ from pynetdicom.ae import ApplicationEntity
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
-from core import dicom_codec
+from core import audit, dicom_codec
 from core.dicom_reactor import FastAssociationServer
 from core.dicom_values import is_valid_ae_title
-from core.listeners import BeatStandIn, Writer, announce, format_address, stop_signals
+from core.listeners import (
+    BeatStandIn,
+    Writer,
+    announce,
+    format_address,
+    settle_memory,
+    stop_signals,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +124,9 @@ def status_dataset(code: int, comment: str = "", *, tags: tuple[int, ...] = ()) 
 
 
 def _release_database(event: Event) -> None:
-    """The association's thread ends: give its database connection back (to the pool)."""
+    """The association's thread ends: its audit events are committed, and its database
+    connection goes back (to the pool)."""
+    audit.flush()
     connections.close_all()
 
 
@@ -244,6 +253,7 @@ def start(
     if not block:
         return _listen(ae, address, port, stdout)
     sweeper = BeatStandIn(BEAT_TASK_PREFIXES) if sweep else None
+    settle_memory()
     # The handlers go in before the port opens: a peer that sees the port may stop us.
     with stop_signals() as stop:
         server = _listen(ae, address, port, stdout)

@@ -104,8 +104,10 @@ def _may(event: Event, right: str) -> bool:
 
 
 def _audit_association(event: Event, outcome: str, detail: str) -> None:
+    # Off the association's path: the peer's first request does not wait for the row, which
+    # is committed before the association ends (core.dicom_server flushes on release).
     ae_title, address = calling(event)
-    audit.record(
+    audit.record_soon(
         audit.Action.ASSOCIATION,
         actor_name=ae_title,
         channel=audit.Channel.DICOM,
@@ -227,22 +229,28 @@ def handle_find(event: Event) -> Iterator[tuple[int, Dataset | None]]:
         yield failure(FIND_UNABLE_TO_PROCESS, f"identifier cannot be read: {exc}"), None  # type: ignore[misc]
         return
     count = 0
+
+    def audited(outcome: str) -> None:
+        # Before the final response: pynetdicom sends it, and drops this generator, as
+        # soon as it is yielded (or the generator ends).
+        audit.record(
+            audit.Action.QUERY,
+            actor_name=ae_title,
+            channel=audit.Channel.DICOM,
+            source_address=address,
+            object_type=f"pacs.{query.level.lower()}",
+            detail=f"{count} result(s); C-FIND {model} root {outcome}; "
+            f"keys: {', '.join(query.keys)}",
+        )
+
     for response in selectors.matches(query, identifier, retrieve_ae_title=event.assoc.ae.ae_title):
         if event.is_cancelled:
+            audited("cancelled")
             yield STATUS_CANCEL, None
-            break
+            return
         count += 1
         yield STATUS_PENDING, response
-    else:
-        yield STATUS_SUCCESS, None
-    audit.record(
-        audit.Action.QUERY,
-        actor_name=ae_title,
-        channel=audit.Channel.DICOM,
-        source_address=address,
-        object_type=f"pacs.{query.level.lower()}",
-        detail=f"{count} result(s); C-FIND {model} root; keys: {', '.join(query.keys)}",
-    )
+    audited("completed")
 
 
 def query_service(ae: ApplicationEntity) -> list[EventHandler]:

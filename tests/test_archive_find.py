@@ -10,6 +10,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from pacs import selectors
 from pacs.selectors import build_query, find
 from tests import dicom_factory as make
 from tests.archive import find as c_find
@@ -170,6 +171,18 @@ def test_a_bad_query_gets_a_failure_with_a_reason_and_the_server_goes_on(archive
     assert final.Status == 0x0000 and len(matches) == 1
 
 
+def test_every_query_is_in_the_audit_trail_before_its_final_response(archive: int) -> None:
+    from core.models import AuditEvent
+
+    matches, final = c_find(archive, query("STUDY", PatientID="P1", StudyDate=""))
+    assert final.Status == 0x0000 and len(matches) == 1
+    # c_find returns once the final response is in: the row is committed by then.
+    event = AuditEvent.objects.get(action="query", channel="dicom")
+    assert event.object_type == "pacs.study"
+    assert event.detail.startswith("1 result(s); C-FIND study root completed")
+    assert "PatientID" in event.detail
+
+
 @pytest.mark.parametrize("level", ["PATIENT", "STUDY", "SERIES", "IMAGE"])
 def test_one_query_is_one_sql_statement_whatever_the_matches(archive: int, level: str) -> None:
     keys = query(level, PatientID="", PatientName="*", StudyInstanceUID="")
@@ -182,6 +195,22 @@ def test_one_query_is_one_sql_statement_whatever_the_matches(archive: int, level
         results = list(find(keys, "patient", retrieve_ae_title="ARCHIVE"))
     assert results
     assert len(captured.captured_queries) == 1
+
+
+@pytest.mark.parametrize("level", ["PATIENT", "STUDY", "IMAGE"])
+def test_many_matches_stream_after_the_first_rows(
+    archive: int, level: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = query(level, PatientID="", StudyInstanceUID="", SeriesInstanceUID="")
+    if level == "IMAGE":
+        keys.SOPInstanceUID = ""
+    expected = [str(item) for item in find(keys, "patient", retrieve_ae_title="ARCHIVE")]
+    assert len(expected) >= 2
+    monkeypatch.setattr(selectors, "FIRST_ROWS", 1)
+    with CaptureQueriesContext(connection) as captured:
+        streamed = [str(item) for item in find(keys, "patient", retrieve_ae_title="ARCHIVE")]
+    assert streamed == expected  # every match once, in the same order
+    assert len(captured.captured_queries) == 2  # the first rows, then the cursor
 
 
 def test_build_query_refuses_an_unknown_level() -> None:

@@ -16,7 +16,14 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import connections
 
-from core.listeners import BeatStandIn, Writer, announce, format_address, stop_signals
+from core.listeners import (
+    BeatStandIn,
+    Writer,
+    announce,
+    format_address,
+    settle_memory,
+    stop_signals,
+)
 from ris.hl7 import ack, inbound
 from ris.hl7.mllp import MAX_FRAME_SIZE, FrameDecoder, FrameTooLarge, encode_frame
 
@@ -191,6 +198,7 @@ def start(
     if not block:
         return _listen(address, port, read_timeout, stdout, reuse_port)
     sweeper = BeatStandIn(BEAT_TASK_PREFIXES) if sweep else None
+    settle_memory()
     with stop_signals() as stop:
         server = _listen(address, port, read_timeout, stdout, reuse_port)
         if sweeper is not None:
