@@ -202,8 +202,8 @@ RECONCILIATION_REWRITE_DELAY = env_int("RECONCILIATION_REWRITE_DELAY", 300, mini
 DICOM_INTAKE_JOURNAL = env_bool("DICOM_INTAKE_JOURNAL", True)
 # Serve associations with core.dicom_reactor's waking loops (off: pynetdicom's polling ones).
 DICOM_TUNED_TRANSPORT = env_bool("DICOM_TUNED_TRANSPORT", True)
-# Listener processes sharing DICOM_PORT (SO_REUSEPORT): Python runs one thread at a time,
-# so each core needs a process of its own. Default: one per core, at most four.
+# Listener processes accepting on DICOM_PORT (one socket, core.listeners): Python runs one
+# thread at a time, so each core needs a process of its own. Default: one per core, at most 4.
 DICOM_PROCESSES = env_int("DICOM_PROCESSES", min(os.cpu_count() or 1, 4), minimum=1)
 # How many associations the DICOM listener serves at once.
 DICOM_MAX_ASSOCIATIONS = env_int("DICOM_MAX_ASSOCIATIONS", 32, minimum=1)

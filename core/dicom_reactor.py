@@ -35,6 +35,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from core import dicom_codec
+from core.listeners import SharedListener
 
 # The longest any loop blocks without new input: timers (ARTIM, idle timeout) and the
 # association's release/abort checks run at least this often.
@@ -198,14 +199,12 @@ class _SharedContexts(list):  # type: ignore[type-arg]
         return self
 
 
-class FastAssociationServer(ThreadedAssociationServer):
+class FastAssociationServer(SharedListener, ThreadedAssociationServer):
     """The threaded association server, with the waking request handler.
 
-    With `reuse_port`, several processes listen on one port (SO_REUSEPORT) and the kernel
-    spreads associations over them: each process has its own interpreter lock and core.
+    With `shared`, it is one of several processes accepting from the supervisor's socket
+    (core.listeners.SharedListener): each process has its own interpreter lock and core.
     """
-
-    reuse_port = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["request_handler"] = FastRequestHandler
@@ -213,13 +212,11 @@ class FastAssociationServer(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
         self.contexts = _SharedContexts(self.contexts)
 
+    def busy(self) -> int:
+        return len(self.active_associations)
+
     def service_actions(self) -> None:
         """pynetdicom runs a full gc.collect() every 60 turns of the accept loop, and each
         association is a turn: under many short associations (C-ECHO, C-FIND) that pause
         was a quarter of the process's time. Python's own collector frees what the
         finished associations leave (their reference cycles) without it."""
-
-    def server_bind(self) -> None:
-        if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # type: ignore[union-attr]
-        super().server_bind()

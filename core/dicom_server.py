@@ -63,7 +63,7 @@ class ArchiveAE(ApplicationEntity):
     def __init__(self, ae_title: str) -> None:
         super().__init__(ae_title=ae_title)
         self.evt_handlers: list[EventHandler] = []
-        self.reuse_port = False  # one of several processes listening on the same port
+        self.shared = False  # one of several processes accepting from the supervisor's socket
         self.calling_ae_titles: Callable[[], list[str] | None] | None = None
 
     @property  # type: ignore[override]
@@ -85,12 +85,12 @@ class ArchiveAE(ApplicationEntity):
         unless DICOM_TUNED_TRANSPORT is off."""
         if settings.DICOM_TUNED_TRANSPORT:
             dicom_codec.install()
-            kwargs["server_class"] = _SharedPortServer if self.reuse_port else FastAssociationServer
+            kwargs["server_class"] = _SharedServer if self.shared else FastAssociationServer
         return super().make_server(address, *args, **kwargs)
 
 
-class _SharedPortServer(FastAssociationServer):
-    reuse_port = True
+class _SharedServer(FastAssociationServer):
+    shared = True
 
 
 def validate_ae_title(value: str) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -113,26 +115,92 @@ class BeatStandIn(threading.Thread):
 
 # A worker process that dies is started again after this many seconds.
 RESTART_DELAY = 1.0
+# The supervisor's listening socket, as the file descriptor number its workers inherit.
+LISTEN_FD_VARIABLE = "RISPACS_LISTEN_FD"
+# A worker serving connections already waits this long per connection (up to four) before
+# it accepts a new one, so that an idle sibling takes it first.
+BUSY_ACCEPT_DELAY = 0.005
+
+
+def listening_socket(address: str, port: int) -> socket.socket:
+    """The supervisor's socket on ADDRESS:PORT, which every worker accepts from."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    return socket.create_server((address, port), family=family, backlog=128)
+
+
+class SharedListener:
+    """A socketserver mixin: with `shared` set, accept from the socket the supervisor made
+    (inherited through LISTEN_FD_VARIABLE) rather than bind one's own.
+
+    Every worker waits on the one socket and the kernel wakes them all; the first to accept
+    gets the connection. A worker busy with connections (`busy()`) waits a little before it
+    tries, so new connections go to idle workers: two modalities sending at once land on
+    two processes, each with its own interpreter lock and core. (SO_REUSEPORT, used
+    before, spread connections by a hash of their addresses: both often landed on one.)
+    """
+
+    shared = False
+    socket: Any
+    server_address: Any
+
+    def busy(self) -> int:
+        """How many connections this process serves now."""
+        return 0
+
+    def _inherited(self) -> socket.socket | None:
+        fd = os.environ.get(LISTEN_FD_VARIABLE, "") if self.shared else ""
+        return socket.socket(fileno=int(fd)) if fd.isdigit() else None
+
+    def server_bind(self) -> None:
+        inherited = self._inherited()
+        if inherited is None:
+            super().server_bind()  # type: ignore[misc]
+            return
+        self.socket.close()
+        self.socket = inherited
+        self.socket.setblocking(False)  # a sibling may take the connection first
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if not (self.shared and os.environ.get(LISTEN_FD_VARIABLE)):
+            super().server_activate()  # type: ignore[misc]
+
+    def get_request(self) -> Any:
+        if self.shared:
+            waiting = min(self.busy(), 4)
+            if waiting:
+                time.sleep(waiting * BUSY_ACCEPT_DELAY)
+        return super().get_request()  # type: ignore[misc]  # BlockingIOError: a sibling took it
 
 
 def supervise(
     command: list[str],
     count: int,
     *,
+    address: str,
+    port: int,
     label: str,
     announce_line: str,
     stdout: Writer,
     stderr: Writer,
     beat_prefixes: tuple[str, ...] = (),
 ) -> None:
-    """Run COUNT copies of COMMAND (listeners sharing one port with SO_REUSEPORT), start one
-    again when it dies, stop them all on SIGTERM or SIGINT. Without a broker, this process
-    (one per machine) runs the beat entries of BEAT_PREFIXES."""
+    """Listen on ADDRESS:PORT and run COUNT copies of COMMAND accepting from that socket
+    (SharedListener); start one again when it dies, stop them all on SIGTERM or SIGINT.
+    Without a broker, this process (one per machine) runs the beat entries of BEAT_PREFIXES.
+    Raises OSError when the port cannot be had."""
     sweeper = (
         BeatStandIn(beat_prefixes) if beat_prefixes and settings.CELERY_TASK_ALWAYS_EAGER else None
     )
-    with stop_signals() as stop:
-        workers = [subprocess.Popen(command) for _ in range(count)]  # noqa: S603
+    listener = listening_socket(address, port)
+    fd = listener.fileno()
+    environment = {**os.environ, LISTEN_FD_VARIABLE: str(fd)}
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, pass_fds=(fd,), env=environment)  # noqa: S603
+
+    with listener, stop_signals() as stop:
+        workers = [spawn() for _ in range(count)]
         if sweeper is not None:
             sweeper.start()
         announce(announce_line, stdout)
@@ -143,7 +211,7 @@ def supervise(
                         f"{label} process {worker.pid} exited ({worker.returncode}); restarting\n"
                     )
                     time.sleep(RESTART_DELAY)
-                    workers[index] = subprocess.Popen(command)  # noqa: S603
+                    workers[index] = spawn()
         for worker in workers:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,27 @@ def test_dicomserver_command_answers_echo_and_stops_on_sigterm(tmp_path: Path) -
     assert "DICOM listener stopped" in stdout
 
 
+def serving_process(assoc: Any) -> int | None:
+    """The pid of the local process holding the other end of ASSOC's connection (Linux /proc)."""
+    local_port = assoc.dul.socket.socket.getsockname()[1]
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port = int(fields[2].split(":")[1], 16)
+        if remote_port == local_port and fields[3] == "01":  # established, towards our port
+            inode = fields[9]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except OSError:
+            continue
+        if f"socket:[{inode}]" in links:
+            return int(proc.name)
+    return None
+
+
 def test_several_processes_share_the_port_and_stop_together(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a free port, for the workers to share
         probe.bind(("127.0.0.1", 0))
@@ -172,9 +195,49 @@ def test_several_processes_share_the_port_and_stop_together(tmp_path: Path) -> N
             wait_until(lambda: echo(port, "SHAREDSCP"), what="C-ECHO to the worker processes")
             for _ in range(6)
         ]
+        # Two associations at once are served by two processes: the busy one lets the idle
+        # one accept. (A loaded machine may be slow to wake the idle one: a few tries.)
+        client = AE(ae_title="BALANCE")
+        client.add_requested_context(Verification)
+        first = client.associate("127.0.0.1", port, ae_title="SHAREDSCP")
+        servers = set()
+        try:
+            for _ in range(3):
+                second = client.associate("127.0.0.1", port, ae_title="SHAREDSCP")
+                servers = {serving_process(first), serving_process(second)}
+                second.release()
+                if len(servers) == 2:
+                    break
+        finally:
+            first.release()
         returncode, stdout, _ = stop(supervisor)
     assert statuses == [STATUS_SUCCESS] * 6
+    assert len(servers) == 2 and None not in servers
     assert returncode == 0
     assert "2 processes" in stdout and "stopped" in stdout
     with socket.socket() as again:  # every worker is gone: the port is free
         again.bind(("127.0.0.1", port))
+
+
+def test_a_busy_listener_lets_an_idle_sibling_accept_first() -> None:
+    from core.listeners import BUSY_ACCEPT_DELAY, SharedListener
+
+    class Base:
+        def get_request(self) -> str:
+            return "accepted"
+
+    class Listener(SharedListener, Base):
+        connections = 0
+
+        def busy(self) -> int:
+            return self.connections
+
+    listener = Listener()
+    listener.shared = True
+    started = time.monotonic()
+    assert listener.get_request() == "accepted"
+    assert time.monotonic() - started < BUSY_ACCEPT_DELAY  # idle: at once
+    listener.connections = 2
+    started = time.monotonic()
+    assert listener.get_request() == "accepted"
+    assert time.monotonic() - started >= 2 * BUSY_ACCEPT_DELAY

@@ -12,12 +12,14 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.db import connections
 
 from core.listeners import (
     BeatStandIn,
+    SharedListener,
     Writer,
     announce,
     format_address,
@@ -115,8 +117,11 @@ class MLLPRequestHandler(socketserver.BaseRequestHandler):
                 return
 
 
-class MLLPServer(socketserver.ThreadingTCPServer):
-    """A TCP server speaking MLLP, one daemon thread per connection."""
+class MLLPServer(SharedListener, socketserver.ThreadingTCPServer):
+    """A TCP server speaking MLLP, one daemon thread per connection.
+
+    With `shared`, one of several processes accepting from the supervisor's socket.
+    """
 
     daemon_threads = True
     allow_reuse_address = True
@@ -129,20 +134,31 @@ class MLLPServer(socketserver.ThreadingTCPServer):
         *,
         read_timeout: float = READ_TIMEOUT,
         max_frame_size: int = MAX_FRAME_SIZE,
-        reuse_port: bool = False,
+        shared: bool = False,
     ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self.reuse_port = reuse_port
+        self.shared = shared
+        self._connections = 0
+        self._connections_lock = threading.Lock()
         self.respond = respond
         self.read_timeout = read_timeout
         self.max_frame_size = max_frame_size
         super().__init__(address, MLLPRequestHandler)
 
-    def server_bind(self) -> None:
-        if self.reuse_port:  # several processes on one port: the kernel spreads connections
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+    def busy(self) -> int:
+        return self._connections
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections += 1
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        # Called once per accepted connection, when its thread ends (or fails to start).
+        with self._connections_lock:
+            self._connections -= 1
+        super().shutdown_request(request)
 
     @property
     def port(self) -> int:
@@ -158,16 +174,16 @@ class MLLPServer(socketserver.ThreadingTCPServer):
 
 
 def build_server(
-    address: str, port: int, *, read_timeout: float = READ_TIMEOUT, reuse_port: bool = False
+    address: str, port: int, *, read_timeout: float = READ_TIMEOUT, shared: bool = False
 ) -> MLLPServer:
     """Bind the listener on ADDRESS:PORT (0: any free port)."""
-    return MLLPServer((address, port), respond, read_timeout=read_timeout, reuse_port=reuse_port)
+    return MLLPServer((address, port), respond, read_timeout=read_timeout, shared=shared)
 
 
 def _listen(
-    address: str, port: int, read_timeout: float, stdout: Writer | None, reuse_port: bool = False
+    address: str, port: int, read_timeout: float, stdout: Writer | None, shared: bool = False
 ) -> MLLPServer:
-    server = build_server(address, port, read_timeout=read_timeout, reuse_port=reuse_port)
+    server = build_server(address, port, read_timeout=read_timeout, shared=shared)
     thread = threading.Thread(
         target=server.serve_forever,
         kwargs={"poll_interval": SHUTDOWN_POLL_INTERVAL},
@@ -188,19 +204,19 @@ def start(
     read_timeout: float = READ_TIMEOUT,
     stdout: Writer | None = None,
     sweep: bool = False,
-    reuse_port: bool = False,
+    shared: bool = False,
 ) -> MLLPServer:
     """Listen on ADDRESS:PORT; with BLOCK, serve until SIGTERM or SIGINT, then stop.
 
     With SWEEP, also run the HL7 interface's beat entries (the outbox sweep) for set-ups
-    without beat; with REUSE_PORT, share the port with other listener processes.
+    without beat; with SHARED, accept from the supervisor's socket with other listener processes.
     """
     if not block:
-        return _listen(address, port, read_timeout, stdout, reuse_port)
+        return _listen(address, port, read_timeout, stdout, shared)
     sweeper = BeatStandIn(BEAT_TASK_PREFIXES) if sweep else None
     settle_memory()
     with stop_signals() as stop:
-        server = _listen(address, port, read_timeout, stdout, reuse_port)
+        server = _listen(address, port, read_timeout, stdout, shared)
         if sweeper is not None:
             sweeper.start()
         try:

@@ -44,7 +44,7 @@ class Command(BaseCommand):
             self._supervise(processes, address, port, ae_title)
             return
         ae = build_ae(ae_title)
-        ae.reuse_port = options["worker"]
+        ae.shared = options["worker"]
         try:
             # No broker, no beat: the listener (one per machine) runs the archive's sweeps.
             sweep = settings.CELERY_TASK_ALWAYS_EAGER and not options["worker"]
@@ -67,13 +67,21 @@ class Command(BaseCommand):
             "--ae-title",
             ae_title,
         ]
+        try:
+            self._run_workers(command, count, address, port)
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {address}:{port}: {exc}") from exc
+        self.stdout.write("DICOM listener stopped")
+
+    def _run_workers(self, command: list[str], count: int, address: str, port: int) -> None:
         supervise(
             command,
             count,
+            address=address,
+            port=port,
             label="DICOM",
             announce_line=f"DICOM supervisor: {count} processes on {address}:{port}",
             stdout=self.stdout,
             stderr=self.stderr,
             beat_prefixes=BEAT_TASK_PREFIXES,
         )
-        self.stdout.write("DICOM listener stopped")

@@ -46,15 +46,20 @@ class Command(BaseCommand):
         if processes > 1 and port != 0 and not options["worker"]:
             command = [sys.executable, sys.argv[0], "hl7server", "--worker", "--port", str(port)]
             command += ["--bind", address, "--read-timeout", str(options["read_timeout"])]
-            supervise(
-                command,
-                processes,
-                label="HL7",
-                announce_line=f"HL7 supervisor: {processes} processes on {address}:{port}",
-                stdout=self.stdout,
-                stderr=self.stderr,
-                beat_prefixes=BEAT_TASK_PREFIXES,
-            )
+            try:
+                supervise(
+                    command,
+                    processes,
+                    address=address,
+                    port=port,
+                    label="HL7",
+                    announce_line=f"HL7 supervisor: {processes} processes on {address}:{port}",
+                    stdout=self.stdout,
+                    stderr=self.stderr,
+                    beat_prefixes=BEAT_TASK_PREFIXES,
+                )
+            except OSError as exc:
+                raise CommandError(f"cannot listen on {address}:{port}: {exc}") from exc
             self.stdout.write("HL7 listener stopped")
             return
         try:
@@ -66,7 +71,7 @@ class Command(BaseCommand):
                 stdout=self.stdout,
                 # No broker, no beat: the listener (one per machine) sends what the outbox holds.
                 sweep=settings.CELERY_TASK_ALWAYS_EAGER and not options["worker"],
-                reuse_port=options["worker"],
+                shared=options["worker"],
             )
         except OSError as exc:
             raise CommandError(f"cannot listen on {address}:{port}: {exc}") from exc
