@@ -32,6 +32,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
 
 from ris.hl7.mllp import FrameDecoder, encode_frame  # noqa: E402
 
@@ -202,11 +205,9 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="bench-hl7-"))
     with scratch_database(os.environ.get("DATABASE_URL", ""), folder) as database_url:
+        # Production mode, as a department runs it (DEBUG logs and keeps every SQL query).
         env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "VAR_DIR": str(folder / "var"),
-            "STORAGE_DIR": str(folder / "storage"),
+            **common.archive_env(database_url, folder / "storage"),
             "CELERY_BROKER_URL": "",
             "PYTHONUNBUFFERED": "1",
         }

@@ -177,7 +177,10 @@ class _Writer(threading.Thread):
                 self._commit(event)
             finally:
                 if self.events.empty():
-                    close_old_connections()  # idle: the connection goes back
+                    # The connection goes back to the pool at once: this thread lives as
+                    # long as the process and must not hold one (a test database could
+                    # not be dropped). Events come per association, not per instance.
+                    close_old_connections()
                 self.events.task_done()
 
     def _commit(self, event: AuditEvent) -> None:

@@ -48,6 +48,8 @@ MAX_WAITING = 2000
 # still on disk, and reported; while the database is unreachable, entries just wait.
 MAX_ATTEMPTS = 5
 RETRY_DELAY = 0.5
+# Seconds without an instance after which the indexer gives its connection back.
+IDLE_AFTER = 2.0
 MAX_OUTAGE_DELAY = 30.0
 
 
@@ -173,20 +175,22 @@ class Journal:
     # -- the indexer thread -----------------------------------------------------------
 
     def _run(self) -> None:
-        from django.db import close_old_connections
+        from django.db import close_old_connections, connections
 
         while True:
-            entry = self._queue.get()
+            try:
+                entry = self._queue.get(timeout=IDLE_AFTER)
+            except queue.Empty:
+                # Idle: the connection goes back to the pool. While instances keep coming
+                # the thread keeps it (a checkout per instance cost a tenth of indexing).
+                close_old_connections()
+                continue
             try:
                 if entry is None:
+                    connections.close_all()  # the thread ends: its connection goes back
                     return
                 self._index_one(entry)
             finally:
-                if self._queue.empty():
-                    # Idle: the connection goes back to the pool. While instances keep
-                    # coming, the thread keeps it (a checkout per instance costs a tenth
-                    # of the indexing).
-                    close_old_connections()
                 self._queue.task_done()
 
     def _index_one(self, entry: Entry) -> None:
