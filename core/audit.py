@@ -161,14 +161,9 @@ class _Writer(threading.Thread):
         self.events.put(event)
 
     def flush(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self.events.all_tasks_done:
-            while self.events.unfinished_tasks:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self.events.all_tasks_done.wait(remaining)
-        return True
+        from core.listeners import wait_drained
+
+        return wait_drained(self.events, timeout)
 
     def run(self) -> None:
         while True:

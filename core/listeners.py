@@ -6,6 +6,7 @@ import gc
 import importlib
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from django.conf import settings
+from django.core.management.base import CommandError
 from django.db import connections
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,18 @@ def stop_signals() -> Iterator[threading.Event]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def wait_drained(work: queue.Queue[Any], timeout: float) -> bool:
+    """Wait until every item put on WORK has been marked done; False after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    with work.all_tasks_done:
+        while work.unfinished_tasks:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            work.all_tasks_done.wait(remaining)
+    return True
 
 
 def settle_memory() -> None:
@@ -188,11 +202,14 @@ def supervise(
     """Listen on ADDRESS:PORT and run COUNT copies of COMMAND accepting from that socket
     (SharedListener); start one again when it dies, stop them all on SIGTERM or SIGINT.
     Without a broker, this process (one per machine) runs the beat entries of BEAT_PREFIXES.
-    Raises OSError when the port cannot be had."""
+    Raises CommandError when the port cannot be had."""
     sweeper = (
         BeatStandIn(beat_prefixes) if beat_prefixes and settings.CELERY_TASK_ALWAYS_EAGER else None
     )
-    listener = listening_socket(address, port)
+    try:
+        listener = listening_socket(address, port)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {format_address(address, port)}: {exc}") from exc
     fd = listener.fileno()
     environment = {**os.environ, LISTEN_FD_VARIABLE: str(fd)}
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from pydicom.filereader import _read_file_meta_info
 
+from core.listeners import wait_drained
 from pacs.dicom_header import InstanceHeader, read_header
 from pacs.storage import FileStorage
 
@@ -112,14 +113,7 @@ class Journal:
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until everything accepted so far is indexed (or set aside)."""
-        deadline = time.monotonic() + timeout
-        with self._queue.all_tasks_done:
-            while self._queue.unfinished_tasks:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._queue.all_tasks_done.wait(remaining)
-        return True
+        return wait_drained(self._queue, timeout)
 
     # -- intake ----------------------------------------------------------------------
 

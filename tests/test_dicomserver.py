@@ -241,3 +241,14 @@ def test_a_busy_listener_lets_an_idle_sibling_accept_first() -> None:
     started = time.monotonic()
     assert listener.get_request() == "accepted"
     assert time.monotonic() - started >= 2 * BUSY_ACCEPT_DELAY
+
+
+def test_supervisor_says_when_the_port_is_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(CommandError, match=f"cannot listen on 127.0.0.1:{port}"):
+            call_command(
+                "dicomserver", "--processes", "2", "--port", str(port), "--bind", "127.0.0.1"
+            )

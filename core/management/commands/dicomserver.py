@@ -67,13 +67,6 @@ class Command(BaseCommand):
             "--ae-title",
             ae_title,
         ]
-        try:
-            self._run_workers(command, count, address, port)
-        except OSError as exc:
-            raise CommandError(f"cannot listen on {address}:{port}: {exc}") from exc
-        self.stdout.write("DICOM listener stopped")
-
-    def _run_workers(self, command: list[str], count: int, address: str, port: int) -> None:
         supervise(
             command,
             count,
@@ -85,3 +78,4 @@ class Command(BaseCommand):
             stderr=self.stderr,
             beat_prefixes=BEAT_TASK_PREFIXES,
         )
+        self.stdout.write("DICOM listener stopped")

@@ -46,20 +46,17 @@ class Command(BaseCommand):
         if processes > 1 and port != 0 and not options["worker"]:
             command = [sys.executable, sys.argv[0], "hl7server", "--worker", "--port", str(port)]
             command += ["--bind", address, "--read-timeout", str(options["read_timeout"])]
-            try:
-                supervise(
-                    command,
-                    processes,
-                    address=address,
-                    port=port,
-                    label="HL7",
-                    announce_line=f"HL7 supervisor: {processes} processes on {address}:{port}",
-                    stdout=self.stdout,
-                    stderr=self.stderr,
-                    beat_prefixes=BEAT_TASK_PREFIXES,
-                )
-            except OSError as exc:
-                raise CommandError(f"cannot listen on {address}:{port}: {exc}") from exc
+            supervise(
+                command,
+                processes,
+                address=address,
+                port=port,
+                label="HL7",
+                announce_line=f"HL7 supervisor: {processes} processes on {address}:{port}",
+                stdout=self.stdout,
+                stderr=self.stderr,
+                beat_prefixes=BEAT_TASK_PREFIXES,
+            )
             self.stdout.write("HL7 listener stopped")
             return
         try:
