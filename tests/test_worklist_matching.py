@@ -108,3 +108,39 @@ def test_utc_offsets() -> None:
         matching.parse_utc_offset("+25:00")
     moment = dt.datetime(2026, 1, 5, 10, tzinfo=dt.timezone(dt.timedelta(hours=-3, minutes=-30)))
     assert matching.format_utc_offset(moment) == "-0330"
+
+
+@pytest.mark.parametrize(
+    ("tag", "vr", "value"),
+    [
+        (0x00100010, "PN", "Testperson^Alex"),
+        (0x00100010, "PN", "Ærø^Åse=エロ"),
+        (0x00100010, "PN", ""),
+        (0x0020000D, "UI", "1.2.826.0.1.3680043.8.498.1"),
+        (0x00400001, "AE", "CT1"),
+        (0x00400002, "DA", "20261122"),
+        (0x00400003, "TM", "101500"),
+        (0x00080060, "CS", "CT"),
+        (0x00321060, "LO", "CT HEAD"),
+        (0x00080050, "SH", ""),
+        (0x00400400, "LT", "a comment with a \\ backslash"),
+        (0x00321060, "LO", "two\\values"),  # split by pydicom: made the slow way
+        (0x00101030, "DS", None),
+        (0x001021C0, "US", None),
+    ],
+)
+def test_fast_elements_equal_pydicoms(tag: int, vr: str, value: object) -> None:
+    from pydicom import config
+    from pydicom.dataelem import DataElement
+
+    from worklist.selectors import _fast
+
+    made = _fast(tag, vr, value)
+    expected = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    assert made == expected
+    assert type(made.value) is type(expected.value)
+    assert (made.tag, made.VR, made.is_undefined_length) == (
+        expected.tag,
+        expected.VR,
+        expected.is_undefined_length,
+    )

@@ -36,6 +36,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
+from pydicom.valuerep import PersonName
 
 from ris.models import PatientIdentifier, Priority, ScheduledProcedureStep
 from worklist import matching
@@ -374,9 +376,36 @@ _ROW_FIELDS = (
 )
 
 
+# Text VRs whose single str value pydicom keeps as it is (LT even with a backslash), and the
+# two it wraps (PN in PersonName, UI in UID): _fast makes these without DataElement's
+# setter, the larger part of an MWL reply's cost (tests/test_worklist_matching.py checks
+# that both ways give equal elements).
+_KEPT_AS_STR = frozenset({"AE", "CS", "DA", "TM", "LO", "SH", "LT"})
+_ELEMENT_TEMPLATES: dict[tuple[int, str], dict[str, Any]] = {}
+
+
 def _fast(tag: int, vr: str, value: Any) -> DataElement:
     """An element of the RIS's own data, valid by construction: not validated again."""
-    return DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    if (
+        type(value) is not str
+        or (vr not in _KEPT_AS_STR and vr not in ("PN", "UI"))
+        or ("\\" in value and vr != "LT")
+        or config.datetime_conversion
+    ):
+        return DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    template = _ELEMENT_TEMPLATES.get((tag, vr))
+    if template is None:
+        made = DataElement(tag, vr, None, validation_mode=config.IGNORE)
+        template = _ELEMENT_TEMPLATES.setdefault((tag, vr), dict(vars(made)))
+    element = object.__new__(DataElement)
+    vars(element).update(template)
+    if vr == "PN":
+        element._value = PersonName(value, validation_mode=config.IGNORE)
+    elif vr == "UI":
+        element._value = UID(value, config.IGNORE)
+    else:
+        element._value = value
+    return element
 
 
 def _code_items(row: Row) -> list[Dataset]:
@@ -562,16 +591,20 @@ def _project(item: Dataset, keys: Dataset) -> Dataset:
 
 def _build(row: Row, plan: list[_Key]) -> Dataset:
     ds = Dataset()
+    elements = ds._dict  # the plan's tags are public and unique: Dataset.add's checks pass
     for key in plan:
         value = key.source(row)
-        if key.vr == "SQ" and key.item is not None:
-            value = [_project(item, key.item) for item in value]
-        ds.add(_fast(key.tag, key.vr, value))
+        if key.vr == "SQ":
+            if key.item is not None:
+                value = [_project(item, key.item) for item in value]
+            ds.add(_fast(key.tag, key.vr, value))  # a sequence knows its parent dataset
+        else:
+            elements[key.tag] = _fast(key.tag, key.vr, value)
     return ds
 
 
 def _texts(ds: Dataset) -> Iterator[str]:
-    for element in ds:
+    for element in ds._dict.values():  # our own elements, none raw; order does not matter
         if element.VR == "SQ":
             for item in element.value or []:
                 yield from _texts(item)
