@@ -39,7 +39,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at impo
 )
 
 from core import audit
-from core.dicom_server import calling, status_dataset
+from core.dicom_server import calling, status_dataset, usable_database
 from pacs import journal, retrieve, selectors, services
 from pacs.selectors import node_cache
 from pacs.storage import default_storage
@@ -392,7 +392,7 @@ def handle_commitment_request(event: Event) -> tuple[int | Dataset, Dataset | No
     """Record a Storage Commitment request (PS3.4 J.3.2); the result follows (pacs.commitment)."""
     from pacs import commitment
 
-    close_old_connections()
+    usable_database()
     ae_title, address = calling(event)
     node = node_cache.nodes().get(ae_title)
     # Refused for an unknown node even when any AE may associate: the result needs its address.

@@ -252,3 +252,22 @@ def test_supervisor_says_when_the_port_is_taken() -> None:
             call_command(
                 "dicomserver", "--processes", "2", "--port", str(port), "--bind", "127.0.0.1"
             )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_usable_database_keeps_a_working_connection_and_drops_a_broken_one() -> None:
+    from django.db import connection
+
+    from core.dicom_server import usable_database
+
+    connection.ensure_connection()
+    working = connection.connection
+    usable_database()
+    assert connection.connection is working  # kept: no new connection per request
+    connection.errors_occurred = True
+    usable_database()
+    assert connection.connection is working and not connection.errors_occurred
+    working.close()  # the server went away under it
+    connection.errors_occurred = True
+    usable_database()
+    assert connection.connection is None

@@ -11,7 +11,6 @@ import logging
 from collections.abc import Iterator
 from typing import Any, cast
 
-from django.db import close_old_connections
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import evt
@@ -24,7 +23,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at impo
 )
 
 from core import audit
-from core.dicom_server import calling, status_dataset
+from core.dicom_server import calling, status_dataset, usable_database
 from worklist import selectors, services
 from worklist.selectors import InvalidQuery
 
@@ -78,7 +77,7 @@ def _criteria(identifier: Dataset) -> str:
 
 def handle_worklist_find(event: Event) -> Iterator[tuple[Status, Dataset | None]]:
     """Answer an MWL C-FIND (PS3.4 K.4.1.1): one pending response per match, then success."""
-    close_old_connections()
+    usable_database()
     ae_title, _ = calling(event)
     try:
         identifier = event.identifier
@@ -143,7 +142,7 @@ def _mpps_failure(exc: services.MppsError) -> Dataset:
 
 def handle_mpps_create(event: Event) -> tuple[Status, Dataset | None]:
     """Create an MPPS instance (PS3.4 F.7.2.1): the exam is in progress."""
-    close_old_connections()
+    usable_database()
     ae_title, address = calling(event)
     requested_uid = cast(N_CREATE, event.request).AffectedSOPInstanceUID
     # PS3.7 10.1.5.1.3: with no UID in the request, the SCP assigns one and returns it.
@@ -167,7 +166,7 @@ def handle_mpps_create(event: Event) -> tuple[Status, Dataset | None]:
 
 def handle_mpps_set(event: Event) -> tuple[Status, Dataset | None]:
     """Update an MPPS instance (PS3.4 F.7.2.2): COMPLETED or DISCONTINUED ends the exam."""
-    close_old_connections()
+    usable_database()
     ae_title, address = calling(event)
     sop_instance_uid = str(cast(N_SET, event.request).RequestedSOPInstanceUID)
     try:

@@ -604,7 +604,8 @@ def _build(row: Row, plan: list[_Key]) -> Dataset:
 
 
 def _texts(ds: Dataset) -> Iterator[str]:
-    for element in ds._dict.values():  # our own elements, none raw; order does not matter
+    elements: Iterator[DataElement] = iter(ds._dict.values())  # type: ignore[arg-type]
+    for element in elements:  # our own elements, none raw; order does not matter
         if element.VR == "SQ":
             for item in element.value or []:
                 yield from _texts(item)
