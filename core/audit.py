@@ -26,6 +26,7 @@ from django.db import (
 from django.http import HttpRequest
 from django.utils import timezone
 
+from core.listeners import wait_drained
 from core.models import AuditEvent
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,8 @@ def flush(timeout: float = 10.0) -> bool:
 
 
 class _Writer(threading.Thread):
-    """Commits queued events one by one; waits out a database outage, never drops one."""
+    """Commits queued events one by one. It waits out a database outage; an event the
+    database refuses WRITE_ATTEMPTS times (bad data, not an outage) goes to the log whole."""
 
     def __init__(self) -> None:
         super().__init__(name="audit-writer", daemon=True)
@@ -161,8 +163,6 @@ class _Writer(threading.Thread):
         self.events.put(event)
 
     def flush(self, timeout: float) -> bool:
-        from core.listeners import wait_drained
-
         return wait_drained(self.events, timeout)
 
     def run(self) -> None:

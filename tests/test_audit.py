@@ -106,3 +106,22 @@ def test_only_core_audit_writes_audit_rows() -> None:
         if "migrations" not in path.parts and _writes_audit_rows(path)
     }
     assert writers == {"core/audit.py"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_record_soon_commits_from_the_writer_and_flush_waits_for_it() -> None:
+    audit.record_soon(
+        audit.Action.ASSOCIATION,
+        actor_name="MODALITY1",
+        channel=audit.Channel.DICOM,
+        source_address="192.0.2.7:104",
+        detail="accepted by RISPACS",
+    )
+    assert audit.flush(timeout=10)
+    event = AuditEvent.objects.get(action="association", actor_name="MODALITY1")
+    assert (event.channel, event.source_address, event.outcome) == (
+        "dicom",
+        "192.0.2.7:104",
+        "success",
+    )
+    assert event.occurred_at is not None
