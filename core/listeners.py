@@ -154,6 +154,7 @@ class SharedListener:
     """
 
     shared = False
+    adopted = False  # the socket is the supervisor's: already bound and listening
     socket: Any
     server_address: Any
 
@@ -174,9 +175,10 @@ class SharedListener:
         self.socket = inherited
         self.socket.setblocking(False)  # a sibling may take the connection first
         self.server_address = self.socket.getsockname()
+        self.adopted = True
 
     def server_activate(self) -> None:
-        if not (self.shared and os.environ.get(LISTEN_FD_VARIABLE)):
+        if not self.adopted:
             super().server_activate()  # type: ignore[misc]
 
     def get_request(self) -> Any:

@@ -223,8 +223,8 @@ def _scan(encoded: bytes, implicit: bool) -> dict[str, str | int] | None:
         for keyword, (data, vr) in raw.items():
             values[keyword] = _decode(data, vr, codec)
         return values
-    except (_Unread, struct.error, UnicodeDecodeError, ValueError, IndexError):
-        return None
+    except (_Unread, struct.error, UnicodeDecodeError, ValueError, IndexError, RecursionError):
+        return None  # RecursionError: sequences nested past reason, pydicom words it
 
 
 def _raw_elements(encoded: bytes, implicit: bool) -> dict[str, tuple[bytes, str]]:

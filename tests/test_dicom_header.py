@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import struct
 from io import BytesIO
 from pathlib import Path
 
@@ -141,3 +142,14 @@ def test_file_meta_bytes_match_pydicom(calling_ae: str) -> None:
     expected.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(expected, meta, enforce_standard=True)  # type: ignore[arg-type]
     assert file_meta_bytes(header, ExplicitVRLittleEndian, calling_ae) == expected.getvalue()
+
+
+def test_sequences_nested_past_reason_are_a_header_error() -> None:
+    ds = ct_instance(patient_name="Doe^Jane")
+    head = _encode(ds, ImplicitVRLittleEndian)
+    sequence = struct.pack("<HHI", 0x0008, 0x1140, 0xFFFFFFFF)  # undefined length
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    nested = (sequence + item) * 5000  # never closed either
+    assert dicom_header._scan(nested + head, True) is None
+    with pytest.raises(HeaderError):
+        read_header(nested + head, ImplicitVRLittleEndian)

@@ -149,16 +149,15 @@ class MLLPServer(SharedListener, socketserver.ThreadingTCPServer):
     def busy(self) -> int:
         return self._connections
 
-    def process_request(self, request: Any, client_address: Any) -> None:
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # The connection's own thread, from start to end: counted while it lives.
         with self._connections_lock:
             self._connections += 1
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        # Called once per accepted connection, when its thread ends (or fails to start).
-        with self._connections_lock:
-            self._connections -= 1
-        super().shutdown_request(request)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._connections_lock:
+                self._connections -= 1
 
     @property
     def port(self) -> int:
