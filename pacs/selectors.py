@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Count, F, Max, Prefetch, Q, QuerySet, Sum
+from django.db.models import Count, Exists, F, Max, Model, OuterRef, Prefetch, Q, QuerySet, Sum
 from guardian.shortcuts import get_objects_for_user
 from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -24,7 +24,13 @@ from core import roles
 from core.permissions import can
 from pacs.lookups import wildcard_to_like
 from pacs.models import DicomNode, Instance, ReconciliationItem, Series, Study
-from ris.models import Order, Patient, RequestedProcedure
+from ris.models import (
+    Order,
+    Patient,
+    PatientIdentifier,
+    RequestedProcedure,
+    ScheduledProcedureStep,
+)
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 LEVELS = (PATIENT, STUDY, SERIES, IMAGE)
@@ -117,6 +123,107 @@ ATTRIBUTES = {
         Attribute("BitsAllocated", IMAGE, "bits_allocated"),
     )
 }
+
+
+@dataclass(frozen=True)
+class SequenceAttribute:
+    """A sequence the index answers from related rows: one item per row of MODEL that
+    belongs to the study (ITEM_OWNER of the row equals OWNER of the study)."""
+
+    keyword: str
+    level: str  # the level a search may match it at (PS3.18 10.6.1.2.1)
+    model: type[Model]
+    owner: str  # a column of the study
+    item_owner: str  # the column of MODEL holding the study's OWNER value
+    items: dict[str, str]  # item keyword -> its column of MODEL
+    # Rows whose column equals the study's own value are not items (an item column, a study one).
+    not_own: tuple[str, str] | None = None
+
+
+SEQUENCE_ATTRIBUTES = {
+    a.keyword: a
+    for a in (
+        # PS3.3 C.2.2 Patient Identification: the patient's other identifiers are those the
+        # RIS holds for the patient the study is filed under (aliases of merged records too),
+        # less the study's own Patient ID.
+        SequenceAttribute(
+            "OtherPatientIDsSequence",
+            PATIENT,
+            PatientIdentifier,
+            owner="patient_id",
+            item_owner="patient_id",
+            items={"PatientID": "value", "IssuerOfPatientID": "issuer__namespace_id"},
+            not_own=("value", "dicom_patient_id"),
+        ),
+        # PS3.18 Table 10.6.1-5 (a Series attribute): the order the study was reconciled
+        # with, one item per scheduled procedure step of its requested procedure.
+        SequenceAttribute(
+            "RequestAttributesSequence",
+            SERIES,
+            ScheduledProcedureStep,
+            owner="requested_procedure_id",
+            item_owner="requested_procedure_id",
+            items={
+                "AccessionNumber": "requested_procedure__order__accession_number",
+                "RequestedProcedureID": "requested_procedure__requested_procedure_id",
+                "RequestedProcedureDescription": "requested_procedure__description",
+                "ScheduledProcedureStepID": "sps_id",
+                "ScheduledProcedureStepDescription": "description",
+                "StudyInstanceUID": "requested_procedure__study_instance_uid",
+            },
+        ),
+    )
+}
+
+
+def sequence_condition(keyword: str, values: dict[str, str], level: str) -> Q:
+    """Sequence matching (PS3.4 C.2.2.2.6) of the item keys VALUES in KEYWORD at LEVEL: a
+    match when one item matches all of them; no condition when every one is universal."""
+    sequence = SEQUENCE_ATTRIBUTES[keyword]
+    conditions = Q()
+    for item_keyword, value in values.items():
+        if value and value != "*":
+            conditions &= _value_condition(sequence.items[item_keyword], item_keyword, value)
+    if conditions == Q():
+        return conditions
+    prefix = _PREFIX[level]["study"]
+    items = sequence.model._default_manager.filter(
+        conditions, **{sequence.item_owner: OuterRef(prefix + sequence.owner)}
+    )
+    if sequence.not_own is not None:
+        item_column, study_column = sequence.not_own
+        items = items.exclude(**{item_column: OuterRef(prefix + study_column)})
+    return Q(Exists(items))
+
+
+def attach_sequence_items(
+    keyword: str, item_keywords: list[str], matches: list[dict[str, Any]]
+) -> None:
+    """Put the items of KEYWORD, holding ITEM_KEYWORDS, into each match's records under
+    "sequences", read for all MATCHES by one query."""
+    sequence = SEQUENCE_ATTRIBUTES[keyword]
+    owners = {getattr(records["study"], sequence.owner) for records in matches} - {None}
+    columns = [sequence.items[item_keyword] for item_keyword in item_keywords]
+    extra = [sequence.not_own[0]] if sequence.not_own else []
+    rows: dict[Any, list[dict[str, Any]]] = {}
+    if owners:
+        found = (
+            sequence.model._default_manager.filter(**{f"{sequence.item_owner}__in": owners})
+            .order_by(sequence.item_owner, "pk")
+            .values(sequence.item_owner, *columns, *extra)
+        )
+        for row in found:
+            rows.setdefault(row[sequence.item_owner], []).append(row)
+    for records in matches:
+        study = records["study"]
+        items = []
+        for row in rows.get(getattr(study, sequence.owner), []):
+            if sequence.not_own and row[sequence.not_own[0]] == getattr(study, sequence.not_own[1]):
+                continue
+            items.append({k: row[c] for k, c in zip(item_keywords, columns, strict=True)})
+        records.setdefault("sequences", {})[keyword] = items
+
+
 # Keys answered by every level without a column of their own.
 _ALWAYS = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"}
 _UNIQUE_KEY = {
@@ -202,8 +309,20 @@ def _condition(attribute: Attribute, level: str, value: str) -> Q:
         return any_of
     if attribute.field is None:
         raise QueryError(f"{keyword} cannot be matched, only returned")
-    vr = dictionary_VR(keyword)
     path = _path(attribute, level, attribute.field)
+    if dictionary_VR(keyword) == "PN" and attribute.match_field:
+        # PS3.4 C.2.2.2.1: names match without regard to case, here on an uppercase copy
+        # (compared as it is, so that an index serves a LIKE prefix).
+        path, value = _path(attribute, level, attribute.match_field), value.upper()
+        if "*" in value or "?" in value:
+            return Q(**{f"{path}__dicomlike": wildcard_to_like(value)})
+        return Q(**{path: value})
+    return _value_condition(path, keyword, value)
+
+
+def _value_condition(path: str, keyword: str, value: str) -> Q:
+    """The C-FIND match of VALUE for KEYWORD on the column at PATH (PS3.4 C.2.2.2)."""
+    vr = dictionary_VR(keyword)
     if vr == "DA":
         return _date_condition(path, value, keyword)
     if vr == "TM":
@@ -217,12 +336,8 @@ def _condition(attribute: Attribute, level: str, value: str) -> Q:
         except ValueError as exc:
             raise QueryError(f"{keyword}: not a number: {value[:20]!r}") from exc
     if vr == "PN":
-        # PS3.4 C.2.2.2.1: names match without regard to case (uppercase copy, or UPPER()).
-        value = value.upper()
-        if attribute.match_field:
-            path = _path(attribute, level, attribute.match_field)
-        else:
-            return _upper_condition(path, value)
+        # PS3.4 C.2.2.2.1: names match without regard to case (UPPER() of the column).
+        return _upper_condition(path, value.upper())
     if vr == "CS" and "\\" in value:
         return Q(**{f"{path}__in": value.split("\\")})
     if "*" in value or "?" in value:
@@ -342,6 +457,8 @@ INSTANCE_AVAILABILITY = "ONLINE"
 def _stored_value(keyword: str, records: dict[str, Any]) -> Any:
     if keyword == "InstanceAvailability":
         return INSTANCE_AVAILABILITY
+    if keyword in SEQUENCE_ATTRIBUTES:  # items put there by attach_sequence_items
+        return records.get("sequences", {}).get(keyword)
     attribute = ATTRIBUTES.get(keyword)
     if attribute is None:
         return None

@@ -175,6 +175,12 @@ class SearchView(DicomWebView):
                 '299 rispacs "The fuzzymatching parameter is not supported. '
                 'Only literal matching has been performed."'
             )
+        if parsed.unsupported:
+            warnings.append(
+                '299 rispacs "The following attributes are not supported for matching: '
+                + ", ".join(parsed.unsupported)
+                + '"'
+            )
         if warnings:
             response["Warning"] = ", ".join(warnings)
         return response
