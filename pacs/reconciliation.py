@@ -21,10 +21,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from core import audit
-from pacs import tasks
+from pacs import signals, tasks
 from pacs.dicom_header import InstanceHeader
 from pacs.models import HeaderRewrite, ReconciliationItem, Study
 from ris import services as ris_services
+from ris.billing import services as billing
+from ris.billing.models import Charge
 from ris.models import (
     Order,
     Patient,
@@ -392,6 +394,7 @@ def _snapshot(study: Study, requested: RequestedProcedure | None = None) -> dict
         "identity": identity_of_study(study),
         "target_procedure": requested.pk if requested else None,
         "target_status": requested.status if requested else None,
+        "target_study_instance_uid": requested.study_instance_uid if requested else None,
     }
 
 
@@ -559,14 +562,40 @@ def reject(
     return item
 
 
+def _refuse_if_billed(order: Order) -> list[Charge]:
+    """ORDER's pending charges; refused if one was posted to the billing system."""
+    charges = list(Charge.objects.filter(order=order).exclude(status=Charge.Status.VOID))
+    posted = [charge for charge in charges if charge.status == Charge.Status.POSTED]
+    if posted:
+        raise signals.UndoRefused(
+            f"Order {order.accession_number} was billed (charge {posted[0].pk} posted"
+            f" {posted[0].posted_at:%Y-%m-%d}); void the charge in billing first."
+        )
+    return charges
+
+
+def _withdraw_order(
+    order: Order, pending: list[Charge], *, actor: Any, source_address: str
+) -> None:
+    """Call off ORDER, booked after the fact: void its unposted charges, then cancel it."""
+    reason = "booked after the fact in reconciliation; undone"
+    for charge in pending:
+        billing.void_charge(charge, reason, actor=actor, source_address=source_address)
+    ris_services.cancel_order(
+        order, reason, actor=actor, source_address=source_address, booked_in_error=True
+    )
+
+
 @transaction.atomic
 def undo(item: ReconciliationItem, *, actor: Any, source_address: str = "") -> ReconciliationItem:
-    """Put the item's study back as it was before its resolution, and reopen the item."""
+    """Put the item's study back as it was before its resolution, and reopen the item.
+
+    An order booked after the fact ("mark as unscheduled") is cancelled; refused when that
+    would lose work: a report on the study or the order, a reading under way, a posted charge.
+    """
     item = ReconciliationItem.objects.select_for_update().select_related("study").get(pk=item.pk)
     if item.status == ReconciliationItem.Status.OPEN:
         raise ValueError("This item is open: there is nothing to undo.")
-    if item.resolution == ReconciliationItem.Resolution.UNSCHEDULED:
-        raise ValueError("An order booked after the fact is not undone here; see the order.")
     if not item.before:
         raise ValueError("This resolution kept no record of the study before it.")
     if (
@@ -579,21 +608,38 @@ def undo(item: ReconciliationItem, *, actor: Any, source_address: str = "") -> R
         raise ValueError("The study has another open item; deal with that one first.")
     study = Study.objects.select_for_update().get(pk=item.study_id)
     before = item.before
+    target_id = before.get("target_procedure")
+    target = (
+        RequestedProcedure.objects.select_related("order").get(pk=target_id) if target_id else None
+    )
+    booked_after_the_fact = item.resolution == ReconciliationItem.Resolution.UNSCHEDULED
+    if booked_after_the_fact and target is None:
+        raise ValueError("This resolution kept no record of the order it booked.")
+    pending: list[Charge] = []
+    if target is not None:
+        # Work on the study since (reporting's receiver) refuses before anything changes.
+        signals.study_unlinking.send(Study, study=study, requested_procedure=target)
+        if booked_after_the_fact:
+            pending = _refuse_if_billed(target.order)
     study.patient_id = before["patient"]
     study.requested_procedure_id = before["requested_procedure"]
     changed = _apply_identity(study, before["identity"])
     study.save(update_fields=["patient", "requested_procedure", *changed, "updated_at"])
     if changed:
         queue_header_rewrite(study, CORRECT)
-    target = before.get("target_procedure")
-    if target and not Study.objects.filter(requested_procedure_id=target).exists():
+    if target is not None and not Study.objects.filter(requested_procedure=target).exists():
         ris_services.restore_procedure_status(
-            RequestedProcedure.objects.get(pk=target),
+            target,
             before["target_status"],
             actor=actor,
             source_address=source_address,
+            study_instance_uid=before.get("target_study_instance_uid") or "",
         )
     detail = f"reconciliation undone ({item.get_resolution_display()}); item reopened"
+    if booked_after_the_fact:
+        assert target is not None
+        _withdraw_order(target.order, pending, actor=actor, source_address=source_address)
+        detail += f"; order {target.order.accession_number} cancelled"
     item.status = ReconciliationItem.Status.OPEN
     item.resolution = ""
     item.resolved_by = None

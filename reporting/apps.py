@@ -6,3 +6,6 @@ from django.apps import AppConfig
 class ReportingConfig(AppConfig):
     name = "reporting"
     verbose_name = "Reporting"
+
+    def ready(self) -> None:
+        from reporting import receivers  # noqa: F401  (connects to pacs's signals)

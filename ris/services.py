@@ -434,6 +434,15 @@ def check_in(order: Order, *, actor: User | None = None, source_address: str = "
     return order
 
 
+_OPEN_ORDER_STATES = (Order.Status.SCHEDULED, Order.Status.ARRIVED)
+_CANCELLABLE_IN_ERROR = (*_OPEN_ORDER_STATES, Order.Status.COMPLETED)
+_STEP_STATES_CANCELLED_IN_ERROR = (
+    *_OPEN_STEP_STATES,
+    ScheduledProcedureStep.Status.COMPLETED,
+    ScheduledProcedureStep.Status.DISCONTINUED,
+)
+
+
 def _record_cancellation(order: Order, reason: str, actor: User | None) -> None:
     """Keep why, by whom and when ORDER was called off."""
     order.cancel_reason = reason
@@ -451,10 +460,17 @@ def cancel_order(
     actor_name: str = "",
     channel: str | None = audit.Channel.WEB,
     source_address: str = "",
+    booked_in_error: bool = False,
 ) -> Order:
-    """Cancel ORDER and take its open steps off the worklist; a performed exam stays."""
+    """Cancel ORDER and take its open steps off the worklist; a performed exam stays.
+
+    BOOKED_IN_ERROR cancels a completed order too, performed steps and all: one booked
+    after the fact for images that turn out not to be its exam (reconciliation's undo of
+    "mark as unscheduled"). The placer hears CA as for any cancellation.
+    """
     order = Order.objects.select_for_update().get(pk=order.pk)
-    if order.status not in (Order.Status.SCHEDULED, Order.Status.ARRIVED):
+    cancellable = _CANCELLABLE_IN_ERROR if booked_in_error else _OPEN_ORDER_STATES
+    if order.status not in cancellable:
         raise ValidationError(
             f"Order {order.accession_number} is {order.get_status_display()}"
             " and cannot be cancelled."
@@ -466,8 +482,9 @@ def cancel_order(
     RequestedProcedure.objects.filter(order=order).update(
         status=RequestedProcedure.Status.CANCELLED
     )
+    step_states = _STEP_STATES_CANCELLED_IN_ERROR if booked_in_error else _OPEN_STEP_STATES
     ScheduledProcedureStep.objects.filter(
-        requested_procedure__order=order, status__in=_OPEN_STEP_STATES
+        requested_procedure__order=order, status__in=step_states
     ).update(status=ScheduledProcedureStep.Status.CANCELLED, updated_at=timezone.now())
     audit.record(
         audit.Action.UPDATE,
@@ -937,11 +954,17 @@ def restore_procedure_status(
     actor_name: str = "",
     channel: str | None = audit.Channel.WEB,
     source_address: str = "",
+    study_instance_uid: str = "",
 ) -> RequestedProcedure:
-    """Put back REQUESTED_PROCEDURE's STATUS from before images were wrongly recorded for it."""
+    """Put back REQUESTED_PROCEDURE's STATUS (and UID, if given) from before a wrong link."""
     if status not in RequestedProcedure.Status.values:
         raise ValidationError({"status": f"{status!r} is not a requested procedure status."})
     locked = RequestedProcedure.objects.select_for_update().get(pk=requested_procedure.pk)
+    uid = study_instance_uid.strip()
+    if uid and locked.study_instance_uid != uid:
+        # The UID the order was given: the wrongly linked study's own is free again.
+        locked.study_instance_uid = uid
+        locked.save(update_fields=["study_instance_uid"])
     if locked.status != status:
         old = locked.get_status_display()
         locked.status = status
