@@ -45,14 +45,42 @@ def tag_hex(tag: int) -> str:
     return f"{tag:08X}"
 
 
+# Photometric Interpretations of compressed colour pixel data that decompression turns into
+# RGB: JPEG's YCbCr (PS3.5 8.2.1: YBR_FULL_422 or YBR_FULL describe the components of the
+# JPEG bit stream, which a decoder converts back) and JPEG 2000's multi-component transforms
+# (PS3.5 8.2.4: YBR_RCT, YBR_ICT). pydicom decodes them so (`decompress(as_rgb=True)`), and
+# so does dcm4che (YBR_FULL_422 decompresses to RGB).
+DECOMPRESSED_TO_RGB = frozenset({"YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT"})
+RGB = "RGB"
+
+
+def decompressed_photometric(photometric: str, *, compressed: bool) -> str:
+    """The Photometric Interpretation of pixel data stored as PHOTOMETRIC once it is sent
+    uncompressed (frames, bulk data, a transcoded instance)."""
+    return RGB if compressed and photometric in DECOMPRESSED_TO_RGB else photometric
+
+
 def file_metadata(
     path: Path, bulk_data_uri: Callable[[int], str], *, has_pixels: bool
 ) -> dict[str, Any]:
     """The stored file at PATH as DICOM JSON; large binary values become BulkDataURIs.
 
-    Pixel data is never read: it is skipped, and referred to by its bulk data URI.
+    Pixel data is never read: it is skipped, and referred to by its bulk data URI. That URI,
+    and the frames, send compressed pixel data decompressed by default (PS3.18 8.7.3.3: Explicit
+    VR Little Endian when no transfer syntax is asked for), so the Image Pixel attributes
+    describe the pixels as sent uncompressed: PS3.3 C.7.6.3.1.2 has the Photometric
+    Interpretation describe the pixel data as encoded, and a JPEG YBR_FULL_422 image comes out
+    of its decoder as RGB. (A JPEG frame asked for in its stored syntax carries its own colour
+    transform, which decoders undo whatever the attribute says.)
     """
     dataset = dcmread(path, stop_before_pixels=True)
+    compressed = bool(dataset.file_meta.TransferSyntaxUID.is_compressed)
+    if has_pixels and "PhotometricInterpretation" in dataset:
+        stored = str(dataset.PhotometricInterpretation)
+        sent = decompressed_photometric(stored, compressed=compressed)
+        if sent != stored:
+            dataset.PhotometricInterpretation = sent
+            dataset.PlanarConfiguration = 0  # decoders interleave the samples
 
     def refer(element: DataElement) -> str:
         return bulk_data_uri(int(element.tag))
@@ -67,9 +95,7 @@ def file_metadata(
             logger.warning("%s: cannot encode %s in JSON", path.name, element.tag)
     if has_pixels:
         vr = "OB" if dataset.get("BitsAllocated", 16) <= 8 else "OW"
-        if not dataset.file_meta.TransferSyntaxUID.is_little_endian or (
-            dataset.file_meta.TransferSyntaxUID.is_compressed
-        ):
+        if not dataset.file_meta.TransferSyntaxUID.is_little_endian or compressed:
             vr = "OB"
         result[tag_hex(PIXEL_DATA)] = {"vr": vr, "BulkDataURI": bulk_data_uri(PIXEL_DATA)}
     return result

@@ -357,7 +357,7 @@ class BulkDataView(DicomWebView):
         if element_tag == dicom_json.PIXEL_DATA and (
             dataset.file_meta.TransferSyntaxUID.is_compressed
         ):
-            dataset.decompress()
+            dataset.decompress(as_rgb=True)  # as the metadata says
         value = dataset[element_tag].value
         if not isinstance(value, bytes):
             return _text(400, f"{tag} is not a bulk data attribute.")

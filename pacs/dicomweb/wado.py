@@ -111,7 +111,9 @@ def instance_part(
 def _transcoded(instance: Instance, syntax: UID, storage: FileStorage) -> Iterator[bytes]:
     dataset = dcmread(storage.path(instance.file_path))
     if dataset.file_meta.TransferSyntaxUID.is_compressed:
-        dataset.decompress()  # raises for a syntax without a decoder: the stream stops
+        dataset.decompress(
+            as_rgb=True
+        )  # sets RGB; raises for a syntax without a decoder: the stream stops
     dataset.file_meta.TransferSyntaxUID = syntax
     buffer = BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
@@ -141,11 +143,17 @@ def uncompressed_frames(
     if "PixelData" not in dataset:
         raise FrameError("the instance has no pixel data")
     if dataset.file_meta.TransferSyntaxUID.is_compressed:
-        dataset.decompress()
+        # To RGB, as the metadata says (dicom_json.decompressed_photometric).
+        dataset.decompress(as_rgb=True)
     bits = int(dataset.BitsAllocated)
     if bits % 8:
         raise FrameError("frames of single-bit pixel data are not offered")
-    size = int(dataset.Rows) * int(dataset.Columns) * int(dataset.SamplesPerPixel) * bits // 8
+    samples = int(dataset.SamplesPerPixel)
+    if dataset.get("PhotometricInterpretation") == "YBR_FULL_422":
+        # Stored natively sub-sampled: two chrominance values per two pixels, so two samples
+        # a pixel (PS3.3 C.7.6.3.1.2).
+        samples = 2
+    size = int(dataset.Rows) * int(dataset.Columns) * samples * bits // 8
     _frame_count(dataset, numbers)
     pixels = dataset.PixelData
     return [pixels[(number - 1) * size : number * size] for number in numbers]
