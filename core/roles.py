@@ -75,6 +75,8 @@ ROLES: dict[str, Role] = {
             *_crud("pacs", "study", "view"),
             *_crud("pacs", "series", "view"),
             *_crud("pacs", "instance", "view"),
+            # The board flags studies received without an order; the front desk fixes them.
+            *_crud("pacs", "reconciliationitem", "view"),
         ),
     ),
     RADIOLOGIST: Role(

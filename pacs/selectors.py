@@ -663,3 +663,17 @@ def reconciliation_queue(status: str = "open") -> QuerySet[ReconciliationItem]:
 
 def may_reconcile(user: Any) -> bool:
     return can(user, "pacs.change_reconciliationitem")
+
+
+def may_see_reconciliation_flags(user: Any) -> bool:
+    """Whether the boards flag studies received without an order for USER (not: may fix them)."""
+    return can(user, "pacs.view_reconciliationitem")
+
+
+def studies_without_order(limit: int) -> tuple[list[ReconciliationItem], int]:
+    """The newest LIMIT open items of studies received with no order found, and how many."""
+    items = ReconciliationItem.objects.filter(
+        status=ReconciliationItem.Status.OPEN, reason=ReconciliationItem.Reason.NO_ORDER
+    )
+    newest = list(items.select_related("study").order_by("-created_at", "-id")[:limit])
+    return newest, (len(newest) if len(newest) < limit else items.count())

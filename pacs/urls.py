@@ -12,6 +12,11 @@ urlpatterns = [
     path("studies/<int:pk>/delete/", views.study_delete, name="study-delete"),
     path("patient-studies/<int:patient_id>/", views.patient_studies, name="patient-studies"),
     path("reconciliation/", views.reconciliation_list, name="reconciliation-list"),
+    path(
+        "reconciliation/without-order/",
+        views.studies_without_order,
+        name="studies-without-order",
+    ),
     path("reconciliation/<int:pk>/", views.reconciliation_detail, name="reconciliation-detail"),
     path(
         "reconciliation/<int:pk>/<slug:action>/",

@@ -184,6 +184,7 @@ def study_delete(request: HttpRequest, pk: int) -> HttpResponse:
 # The reconciliation queue (front desk, administrators): studies not matched to an order.
 
 RECONCILIATION_STATUSES = ("open", "resolved", "rejected")
+BOARD_FLAG_LIMIT = 10  # the boards list the newest few; the queue has them all
 
 
 def _require_reconciler(request: HttpRequest, pk: int | None = None) -> None:
@@ -224,6 +225,30 @@ def reconciliation_list(request: HttpRequest) -> HttpResponse:
     )
     context = {"page": page, "status": status, "statuses": RECONCILIATION_STATUSES}
     return render(request, "pacs/reconciliation_list.html", context)
+
+
+@require_GET
+def studies_without_order(request: HttpRequest) -> HttpResponse:
+    """The boards' flag of studies received with no order: a fragment, refreshed by htmx."""
+    if not selectors.may_see_reconciliation_flags(request.user):
+        audit.record(
+            audit.Action.DENIED,
+            request=request,
+            outcome=audit.Outcome.FAILURE,
+            object_type="pacs.reconciliationitem",
+            detail="see studies without an order",
+        )
+        raise PermissionDenied("You may not see studies without an order.")
+    items, count = selectors.studies_without_order(BOARD_FLAG_LIMIT)
+    audit.record_query(
+        request, "pacs.reconciliationitem", count=len(items), criteria="open, no order found"
+    )
+    context = {
+        "items": items,
+        "count": count,
+        "may_reconcile": selectors.may_reconcile(request.user),
+    }
+    return render(request, "pacs/_studies_without_order.html", context)
 
 
 def _reconciliation_page(

@@ -38,6 +38,20 @@ _PERMISSION_OBJECT = re.compile(r"\.[a-z]+_(\w+)$")
 # studies from pacs, reports from reporting. A name not (yet) routed leaves its block out.
 PATIENT_STUDIES_FRAGMENT = "pacs:patient-studies"
 PATIENT_REPORTS_FRAGMENT = "reporting:patient-reports"
+# The boards' flag of studies received with no order: a pacs fragment, for those who hold
+# the permission to see it.
+STUDIES_WITHOUT_ORDER_FRAGMENT = "pacs:studies-without-order"
+STUDIES_WITHOUT_ORDER_PERMISSION = "pacs.view_reconciliationitem"
+
+
+def _studies_without_order_url(request: HttpRequest) -> str:
+    """The URL of the flag of studies without an order, or "" when this person sees none."""
+    if not can(request.user, STUDIES_WITHOUT_ORDER_PERMISSION):
+        return ""
+    try:
+        return reverse(STUDIES_WITHOUT_ORDER_FRAGMENT)
+    except NoReverseMatch:
+        return ""
 
 
 @require_GET
@@ -50,7 +64,11 @@ def today(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         template,
-        {"steps": steps, "images_expected_minutes": settings.EXAM_IMAGES_EXPECTED_MINUTES},
+        {
+            "steps": steps,
+            "images_expected_minutes": settings.EXAM_IMAGES_EXPECTED_MINUTES,
+            "without_order_url": _studies_without_order_url(request),
+        },
     )
 
 
@@ -76,6 +94,7 @@ def exams_today(request: HttpRequest) -> HttpResponse:
             "rooms": rooms,
             "selected": selected,
             "images_expected_minutes": settings.EXAM_IMAGES_EXPECTED_MINUTES,
+            "without_order_url": _studies_without_order_url(request),
         },
     )
 
