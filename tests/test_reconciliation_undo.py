@@ -29,6 +29,7 @@ from ris.models import Order, Patient, RequestedProcedure, ScheduledProcedureSte
 from tests import dicom_factory, factories
 from tests.archive import find, query, running_archive, store
 from tests.dicomweb_util import basic
+from tests.hl7util import MLLPReceiver
 from tests.personas import PASSWORD, Personas
 
 pytestmark = [
@@ -44,6 +45,7 @@ HL7_ORDER_CANCELLED = "CA"  # HL7 table 0038, ORC-5
 @dataclass
 class Unscheduled:
     port: int
+    his: MLLPReceiver
     patient: Patient
     item: ReconciliationItem
     study: Study
@@ -106,7 +108,9 @@ def _qido(study: Study, personas: Personas) -> list[dict[str, Any]]:
 def unscheduled(personas: Personas, settings: Any) -> Iterator[Unscheduled]:
     """Images with no order, marked as unscheduled by the front desk: an order booked."""
     settings.RECONCILIATION_REWRITE_DELAY = 0
-    Destination.objects.create(name="his", host="127.0.0.1", port=3001, message_types="ORM")
+    his = MLLPReceiver()  # the placer, told of order status changes
+    his.up()
+    Destination.objects.create(name="his", host="127.0.0.1", port=his.port, message_types="ORM")
     patient = factories.patient(
         "Testperson",
         "Alex",
@@ -130,7 +134,8 @@ def unscheduled(personas: Personas, settings: Any) -> Iterator[Unscheduled]:
         # The action did rewrite the headers: there is something to undo.
         assert {ds.AccessionNumber for ds in _read(study)} == {order.accession_number}
         assert _cfind(port, study) != cfind
-        yield Unscheduled(port, patient, item, study, received, cfind, qido, order)
+        yield Unscheduled(port, his, patient, item, study, received, cfind, qido, order)
+    his.close()
 
 
 def _undo(login: Login, who: Any, item: ReconciliationItem) -> Any:
@@ -183,12 +188,17 @@ def test_undo_cancels_the_order_and_puts_the_study_back_as_received(
     charge.refresh_from_db()
     assert charge.status == Charge.Status.VOID
     assert charge.voided_by == personas.front_desk
-    # The placer is told: ORM^O01 with ORC-5 CA, last of this order's messages.
-    last = OutboundMessage.objects.filter(message_type="ORM^O01").order_by("id").last()
-    assert last is not None
-    orc = er7.parse(last.raw).first("ORC")
-    assert orc is not None
-    assert (orc.value(3), orc.value(5)) == (order.accession_number, HL7_ORDER_CANCELLED)
+    # The placer is told (delivered: Celery runs in-process here): ORM^O01, ORC-5 CA.
+    statuses = []
+    for message in u.his.received:
+        orc = er7.parse(message.text).first("ORC")
+        assert orc is not None
+        statuses.append((message.message_type, orc.value(3), orc.value(5)))
+    assert statuses == [  # in progress and completed when booked after the fact, then CA
+        ("ORM^O01", order.accession_number, "IP"),
+        ("ORM^O01", order.accession_number, "CM"),
+        ("ORM^O01", order.accession_number, HL7_ORDER_CANCELLED),
+    ]
     # Audited, by the person who undid it.
     assert AuditEvent.objects.filter(
         actor=personas.front_desk,
