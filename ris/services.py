@@ -14,7 +14,6 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 from guardian.models import UserObjectPermission
 from guardian.shortcuts import assign_perm, remove_perm
@@ -57,26 +56,32 @@ class PatientInput:
     identifiers: list[IdentifierInput] = field(default_factory=list)
 
 
-def next_number(name: str) -> int:
-    """Return the next value of the counter NAME; never the same twice, even across processes."""
-    # One statement (an upsert that returns the new value), atomic in PostgreSQL and in
-    # SQLite 3.35+: booking takes two numbers, and HL7 books at message rate.
+def next_numbers(names: list[str]) -> dict[str, int]:
+    """Return the next value of each counter in NAMES, in one statement."""
+    # An upsert that returns the new values, atomic in PostgreSQL and in SQLite 3.35+:
+    # booking takes two numbers, and HL7 books at message rate. Rows are taken in name
+    # order, so two bookings never wait on each other's second row (no deadlock).
+    names = sorted(set(names))
     table = NumberSequence._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
-            f'INSERT INTO "{table}" (name, last_value) VALUES (%s, 1) '  # noqa: S608
-            f'ON CONFLICT (name) DO UPDATE SET last_value = "{table}".last_value + 1 '
-            "RETURNING last_value",
-            [name],
+            f'INSERT INTO "{table}" (name, last_value) VALUES '  # noqa: S608
+            + ", ".join(["(%s, 1)"] * len(names))
+            + f' ON CONFLICT (name) DO UPDATE SET last_value = "{table}".last_value + 1 '
+            "RETURNING name, last_value",
+            names,
         )
-        return int(cursor.fetchone()[0])
+        return {name: int(value) for name, value in cursor.fetchall()}
 
 
-def generate_accession_number(today: dt.date | None = None) -> str:
-    """Return a new accession number: prefix, yymmdd, then a daily counter (at most 16 chars)."""
-    today = today or timezone.localdate()
-    day = today.strftime("%y%m%d")
-    value = next_number(f"accession-{day}")
+def _accession_counter() -> tuple[str, str]:
+    """Return today as yymmdd and the name of its accession counter (numbers restart daily)."""
+    day = timezone.localdate().strftime("%y%m%d")
+    return day, f"accession-{day}"
+
+
+def _accession_number(day: str, value: int) -> str:
+    """Return accession number VALUE of DAY: prefix, yymmdd, counter (at most 16 chars)."""
     return f"{settings.ACCESSION_PREFIX}{day}{value:05d}"
 
 
@@ -95,7 +100,6 @@ def _audit_kwargs(
     }
 
 
-@transaction.atomic
 def register_patient(
     data: PatientInput,
     *,
@@ -119,12 +123,92 @@ def register_patient(
     )
     _set_search_name(patient)
     patient.full_clean()
-    patient.save()
-    add_identifiers(patient, list(data.identifiers))
-    audit.record(
-        audit.Action.CREATE, patient, **_audit_kwargs(actor, channel, source_address, actor_name)
-    )
+    # Every refusal comes before the first write, so the writes need no savepoint of their
+    # own inside a caller's transaction (HL7 registers at message rate).
+    plan = _plan_identifiers(None, list(data.identifiers))
+    with transaction.atomic(savepoint=False):
+        patient.save()
+        _write_identifiers(patient, plan)
+        audit.record(
+            audit.Action.CREATE,
+            patient,
+            **_audit_kwargs(actor, channel, source_address, actor_name),
+        )
     return patient
+
+
+@dataclass
+class _IdentifierPlan:
+    """Identifiers checked against the index: the issuers known, and what to write."""
+
+    issuers: dict[str, AssigningAuthority]
+    wanted: dict[tuple[str, str], IdentifierInput]
+    held: dict[tuple[str, str], PatientIdentifier]
+
+
+def _plan_identifiers(
+    patient_pk: int | None, identifiers: list[IdentifierInput]
+) -> _IdentifierPlan:
+    """Check IDENTIFIERS for a patient (None: a new one) in one query, writing nothing.
+
+    An identifier another patient holds is refused; one the patient holds is kept.
+    """
+    wanted: dict[tuple[str, str], IdentifierInput] = {}
+    for identifier in identifiers:
+        value = identifier.value.strip()
+        if not value:
+            raise ValidationError({"identifiers": "An identifier needs a value."})
+        wanted.setdefault((identifier.issuer.strip(), value), identifier)
+    plan = _IdentifierPlan({}, wanted, {})
+    if not wanted:
+        return plan
+    namespaces = sorted({namespace for namespace, _ in wanted})
+    values = sorted({value for _, value in wanted})
+    authority, held = AssigningAuthority._meta.db_table, PatientIdentifier._meta.db_table
+    # The issuers and, joined to them, the identifiers with any of the values: one round
+    # trip instead of two, and no query building (it runs for every ADT message).
+    sql = (
+        f"SELECT a.namespace_id, a.id, i.id, i.value, i.patient_id, i.type, i.is_alias "  # noqa: S608
+        f'FROM "{authority}" a LEFT JOIN "{held}" i '
+        f"ON i.issuer_id = a.id AND i.value IN ({', '.join(['%s'] * len(values))}) "
+        f"WHERE a.namespace_id IN ({', '.join(['%s'] * len(namespaces))})"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, *namespaces])
+        rows = cursor.fetchall()
+    for namespace, issuer_id, pk, value, holder, kind, is_alias in rows:
+        issuer = plan.issuers.setdefault(
+            namespace, AssigningAuthority(pk=issuer_id, namespace_id=namespace)
+        )
+        if pk is None or (namespace, value) not in wanted:
+            continue
+        if holder != patient_pk:
+            raise ValidationError(
+                {"identifiers": f"{value} ({namespace}) already belongs to patient {holder}."}
+            )
+        plan.held[(namespace, value)] = PatientIdentifier(
+            pk=pk, patient_id=holder, value=value, issuer=issuer, type=kind, is_alias=is_alias
+        )
+    return plan
+
+
+def _write_identifiers(patient: Patient, plan: _IdentifierPlan) -> list[PatientIdentifier]:
+    """Create the issuers and identifiers PLAN lacks for PATIENT; return all it names."""
+    for namespace in sorted({namespace for namespace, _ in plan.wanted} - plan.issuers.keys()):
+        plan.issuers[namespace], _ = AssigningAuthority.objects.get_or_create(
+            namespace_id=namespace
+        )
+    result, new = [], []
+    for key, identifier in plan.wanted.items():
+        found = plan.held.get(key)
+        if found is None:
+            found = PatientIdentifier(
+                patient=patient, value=key[1], issuer=plan.issuers[key[0]], type=identifier.type
+            )
+            new.append(found)
+        result.append(found)
+    PatientIdentifier.objects.bulk_create(new)
+    return result
 
 
 def add_identifiers(
@@ -132,39 +216,7 @@ def add_identifiers(
 ) -> list[PatientIdentifier]:
     """Attach IDENTIFIERS to PATIENT, in a fixed number of queries; issuers are created on
     first use, one held by another patient is refused, one PATIENT holds is kept as it is."""
-    wanted: dict[tuple[str, str], IdentifierInput] = {}
-    for identifier in identifiers:
-        value = identifier.value.strip()
-        if not value:
-            raise ValidationError({"identifiers": "An identifier needs a value."})
-        wanted.setdefault((identifier.issuer.strip(), value), identifier)
-    if not wanted:
-        return []
-    namespaces = {namespace for namespace, _ in wanted}
-    issuers = {
-        a.namespace_id: a for a in AssigningAuthority.objects.filter(namespace_id__in=namespaces)
-    }
-    for namespace in sorted(namespaces - issuers.keys()):
-        issuers[namespace], _ = AssigningAuthority.objects.get_or_create(namespace_id=namespace)
-    held = Q()
-    for namespace, value in wanted:
-        held |= Q(issuer=issuers[namespace], value=value)
-    existing = {(i.issuer_id, i.value): i for i in PatientIdentifier.objects.filter(held)}
-    result, new = [], []
-    for (namespace, value), identifier in wanted.items():
-        issuer = issuers[namespace]
-        found = existing.get((issuer.pk, value))
-        if found is not None and found.patient_id != patient.pk:
-            held_by = f"{value} ({issuer}) already belongs to patient {found.patient_id}."
-            raise ValidationError({"identifiers": held_by})
-        if found is None:
-            found = PatientIdentifier(
-                patient=patient, value=value, issuer=issuer, type=identifier.type
-            )
-            new.append(found)
-        result.append(found)
-    PatientIdentifier.objects.bulk_create(new)
-    return result
+    return _write_identifiers(patient, _plan_identifiers(patient.pk, identifiers))
 
 
 @transaction.atomic
@@ -326,7 +378,6 @@ class BookingInput:
     performing_physician_name: str = ""
 
 
-@transaction.atomic
 def book_exam(
     booking: BookingInput,
     *,
@@ -349,50 +400,64 @@ def book_exam(
                 f"{procedure.code} needs {procedure.modality}."
             }
         )
-    accession = booking.accession_number.strip() or generate_accession_number()
+    accession = booking.accession_number.strip()
+    if accession:
+        _check_accession_free(accession)
+    # The refusals above come before the first write, so the writes need no savepoint of
+    # their own inside a caller's transaction (HL7 books at message rate).
+    with transaction.atomic(savepoint=False):
+        day, counter = _accession_counter()
+        numbers = next_numbers(["sps"] if accession else ["sps", counter])
+        if not accession:
+            accession = _accession_number(day, numbers[counter])
+            # A number typed by hand in the generated form could be taken already.
+            _check_accession_free(accession)
+        order = Order.objects.create(
+            accession_number=accession,
+            placer_order_number=booking.placer_order_number,
+            filler_order_number=accession,
+            patient=booking.patient,
+            referring_physician_name=booking.referring_physician_name,
+            referring_physician=booking.referring_physician,
+            priority=booking.priority,
+            reason=booking.reason,
+            created_by=actor,
+        )
+        requested = RequestedProcedure.objects.create(
+            order=order,
+            requested_procedure_id="1",
+            procedure_type=procedure,
+            description=procedure.name[:64],
+            study_instance_uid=generate_study_instance_uid(),
+        )
+        start = booking.scheduled_start
+        ScheduledProcedureStep.objects.create(
+            requested_procedure=requested,
+            sps_id=f"S{numbers['sps']:09d}",
+            modality=procedure.modality,
+            station_ae_title=(room.station_ae_title or "") if room else "",
+            station_name=room.station_name if room else "",
+            room=room,
+            scheduled_start=start,
+            scheduled_end=start + dt.timedelta(minutes=procedure.default_duration_minutes),
+            performing_physician_name=booking.performing_physician_name,
+            description=procedure.name[:64],
+        )
+        if booking.referring_physician is not None:
+            # The referring physician sees the orders they referred, and those patients.
+            assign_perm("ris.view_order", booking.referring_physician, order)
+            assign_perm("ris.view_patient", booking.referring_physician, booking.patient)
+        audit.record(
+            audit.Action.CREATE, order, **_audit_kwargs(actor, channel, source_address, actor_name)
+        )
+    return order
+
+
+def _check_accession_free(accession: str) -> None:
     if Order.objects.filter(accession_number=accession).exists():
         raise ValidationError(
             {"accession_number": f"Accession number {accession} is already used."}
         )
-    order = Order.objects.create(
-        accession_number=accession,
-        placer_order_number=booking.placer_order_number,
-        filler_order_number=accession,
-        patient=booking.patient,
-        referring_physician_name=booking.referring_physician_name,
-        referring_physician=booking.referring_physician,
-        priority=booking.priority,
-        reason=booking.reason,
-        created_by=actor,
-    )
-    requested = RequestedProcedure.objects.create(
-        order=order,
-        requested_procedure_id="1",
-        procedure_type=procedure,
-        description=procedure.name[:64],
-        study_instance_uid=generate_study_instance_uid(),
-    )
-    start = booking.scheduled_start
-    ScheduledProcedureStep.objects.create(
-        requested_procedure=requested,
-        sps_id=f"S{next_number('sps'):09d}",
-        modality=procedure.modality,
-        station_ae_title=(room.station_ae_title or "") if room else "",
-        station_name=room.station_name if room else "",
-        room=room,
-        scheduled_start=start,
-        scheduled_end=start + dt.timedelta(minutes=procedure.default_duration_minutes),
-        performing_physician_name=booking.performing_physician_name,
-        description=procedure.name[:64],
-    )
-    if booking.referring_physician is not None:
-        # The referring physician sees the orders they referred, and those patients.
-        assign_perm("ris.view_order", booking.referring_physician, order)
-        assign_perm("ris.view_patient", booking.referring_physician, booking.patient)
-    audit.record(
-        audit.Action.CREATE, order, **_audit_kwargs(actor, channel, source_address, actor_name)
-    )
-    return order
 
 
 def _set_order_status(order: Order, status: str, actor: User | None) -> None:

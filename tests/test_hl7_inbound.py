@@ -588,3 +588,29 @@ def test_a_lost_connection_mid_exchange_leaves_the_listener_serving(port: int) -
     )
     [reply] = exchange(port, adt("NEXT-1", identifiers="NEXT-1^^^HOSP^MR"))
     assert ack_code(reply) == "AA"
+
+
+def test_a_new_patient_and_its_order_take_a_fixed_number_of_round_trips(
+    settings: Any, django_assert_max_num_queries: Any
+) -> None:
+    """The listener's rate is bounded by its round trips to the database: keep them few.
+
+    ADT: begin, control id, PID-3 holders, issuers and identifiers, patient, identifiers,
+    audit, message row, commit. ORM: the same start, then procedure, placer number, the two
+    counters, accession check, order, requested procedure, step, audit, row, commit.
+    """
+    factories.procedure("CTHEAD", "CT")
+    # The issuers are known already (the first message from a sender creates them).
+    assert (
+        ack_code(
+            inbound.receive(adt("RT-0", identifiers="RT-0^^^HOSP^MR~RT-0^^^NATION^NI")).decode()
+        )
+        == "AA"
+    )
+    two = "RT-1^^^HOSP^MR~RT-N^^^NATION^NI"
+    with django_assert_max_num_queries(9):
+        assert ack_code(inbound.receive(adt("RT-ADT", identifiers=two)).decode()) == "AA"
+    with django_assert_max_num_queries(13):
+        reply = inbound.receive(orm("RT-ORM", placer="PLC-RT", identifiers=two))
+        assert ack_code(reply.decode()) == "AA"
+    assert Order.objects.get(placer_order_number="PLC-RT").patient == patient_with("RT-N", "NATION")

@@ -23,7 +23,6 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from core import audit
@@ -31,7 +30,7 @@ from ris import services
 from ris.hl7 import ack, er7, parsing
 from ris.hl7.models import InboundMessage
 from ris.hl7.parsing import FieldError, Identifier, OrderData, PatientData, error_at
-from ris.models import Order, Patient, PatientIdentifier, ProcedureType
+from ris.models import AssigningAuthority, Order, Patient, PatientIdentifier, ProcedureType
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +47,19 @@ ATTEMPTS = 3
 
 class Conflict(Exception):
     """Another connection changed the same records meanwhile: try the message again."""
+
+
+class _Refused(Exception):
+    """A message's change was refused inside the message's own transaction, now rolled back.
+
+    The next transaction stores the message with this outcome and does not apply it again.
+    """
+
+    def __init__(self, row: InboundMessage, outcome: Outcome, identifiers: list[Identifier]):
+        super().__init__(outcome.text)
+        self.row = row
+        self.outcome = outcome
+        self.identifiers = identifiers
 
 
 class Unsupported(Exception):
@@ -107,11 +119,23 @@ def _holders(identifiers: list[Identifier]) -> dict[Identifier, Patient]:
     """Return the (surviving) patient holding each of IDENTIFIERS that is known, in one query."""
     if not identifiers:
         return {}
-    match = Q()
-    for identifier in identifiers:
-        match |= Q(value=identifier.value, issuer__namespace_id=identifier.issuer)
-    held = PatientIdentifier.objects.filter(match).select_related("patient", "issuer")
-    found = {(i.issuer.namespace_id, i.value): i.patient for i in held}
+    values = sorted({i.value for i in identifiers})
+    namespaces = sorted({i.issuer for i in identifiers})
+    # Written out: it runs for every ADT and ORM message, and building it through the ORM
+    # cost more than running it.
+    patient, held = Patient._meta.db_table, PatientIdentifier._meta.db_table
+    authority = AssigningAuthority._meta.db_table
+    sql = (
+        f'SELECT p.*, a.namespace_id AS held_issuer, i.value AS held_value FROM "{patient}" p '  # noqa: S608
+        f'JOIN "{held}" i ON i.patient_id = p.id JOIN "{authority}" a ON a.id = i.issuer_id '
+        f"WHERE i.value IN ({', '.join(['%s'] * len(values))}) "
+        f"AND a.namespace_id IN ({', '.join(['%s'] * len(namespaces))})"
+    )
+    # A raw query's extra columns land in each instance's attributes.
+    found = {
+        (vars(row)["held_issuer"], vars(row)["held_value"]): row
+        for row in Patient.objects.raw(sql, [*values, *namespaces])
+    }
     return {
         identifier: services.resolve_patient(found[(identifier.issuer, identifier.value)])
         for identifier in identifiers
@@ -541,10 +565,15 @@ def _apply(
     ctx: Context,
     *,
     last_attempt: bool = True,
+    savepoint: bool = True,
 ) -> Outcome:
-    """Apply the message in a savepoint; bad content rolls back and becomes the outcome."""
+    """Apply the message; bad content rolls back and becomes the outcome.
+
+    With SAVEPOINT, the change alone rolls back and the caller's transaction goes on;
+    without, the caller's transaction must end in a rollback if the outcome is not AA.
+    """
     try:
-        with transaction.atomic():
+        with transaction.atomic(savepoint=savepoint):
             handler = _handler(header)
             try:
                 message = er7.parse(text)
@@ -682,16 +711,23 @@ def receive(content: bytes, *, peer: str = "") -> bytes:
         text, decode_error = decode(content, header), None
     except FieldError as exc:
         text, decode_error = content.decode("latin-1"), exc
-    for attempt in range(1, ATTEMPTS + 1):
+    attempt, refused = 1, None
+    while True:
         try:
             with _one_writer(), transaction.atomic():
-                reply = _receive(text, header, peer, decode_error, last_attempt=attempt == ATTEMPTS)
+                reply = _receive(
+                    text, header, peer, decode_error, refused, last_attempt=attempt == ATTEMPTS
+                )
             return reply.encode("latin-1", errors="replace")
+        except _Refused as exc:
+            # Rolled back whole (a message applied without a savepoint of its own costs two
+            # round trips less); the next transaction only stores it with its outcome.
+            refused = exc
         except (IntegrityError, OperationalError, Conflict):
             if attempt == ATTEMPTS:
                 raise
             logger.info("HL7 %s: conflict, trying again (%d)", header.control_id, attempt)
-    raise AssertionError("unreachable")
+            attempt += 1
 
 
 @contextmanager
@@ -713,6 +749,7 @@ def _receive(
     header: ack.MessageHeader,
     peer: str,
     decode_error: FieldError | None,
+    refused: _Refused | None,
     *,
     last_attempt: bool,
 ) -> str:
@@ -730,8 +767,12 @@ def _receive(
     if original is None:
         # Written once, with its outcome; a twin applied meanwhile by another connection
         # makes this insert fail on the unique constraint, and the retry finds that one.
+        if refused is not None:
+            return _process(refused.row, text, header, actor=None, refused=refused)
         row = InboundMessage(**fields)
-        return _process(row, text, header, decode_error, actor=None, last_attempt=last_attempt)
+        return _process(
+            row, text, header, decode_error, actor=None, last_attempt=last_attempt, savepoint=False
+        )
     repeat = InboundMessage(
         **fields,
         status=InboundMessage.Status.DUPLICATE,
@@ -782,9 +823,13 @@ def _process(
     *,
     actor: User | None,
     last_attempt: bool = True,
+    savepoint: bool = True,
+    refused: _Refused | None = None,
 ) -> str:
     ctx = _context(header, row.peer, actor)
-    if decode_error is not None:
+    if refused is not None:
+        outcome, ctx.identifiers = refused.outcome, refused.identifiers
+    elif decode_error is not None:
         outcome = Outcome(
             ack.APPLICATION_ERROR,
             InboundMessage.Status.ERROR,
@@ -793,7 +838,9 @@ def _process(
             decode_error.location,
         )
     else:
-        outcome = _apply(text, header, row, ctx, last_attempt=last_attempt)
+        outcome = _apply(text, header, row, ctx, last_attempt=last_attempt, savepoint=savepoint)
+        if not savepoint and outcome.code != ack.APPLICATION_ACCEPT:
+            raise _Refused(row, outcome, ctx.identifiers)
     reply = _finish(row, header, outcome, ctx)
     row.save()
     level = logging.INFO if outcome.code == ack.APPLICATION_ACCEPT else logging.WARNING
