@@ -112,4 +112,10 @@ def test_results_are_what_pydicom_would_write_for_the_same_values(personas: Pers
             ours = qido.json_item(records, parsed.keys, "http://testserver/x")
             theirs: Dataset = response_identifier(records, parsed.keys)
             theirs.RetrieveURL = "http://testserver/x"
-            assert ours == theirs.to_json_dict(), level
+            expected = theirs.to_json_dict()
+            for attribute in expected.values():
+                # PS3.18 F.2.5: an empty attribute has no "Value"; pydicom writes an empty
+                # sequence as "Value": [].
+                if attribute.get("Value") == []:
+                    del attribute["Value"]
+            assert ours == expected, level

@@ -242,6 +242,8 @@ def parse_search(params: Any, level: str, fixed: dict[str, str], *, top: str) ->
                 if sequence is not None and len(path) == 2 and path[1] in sequence.items:
                     sequence_keys.setdefault(sequence.keyword, []).append(str(path[1]))
             elif text:
+                if _attribute_id(text) is None:
+                    continue  # a private element: not held, so not returned (10.6.3.3)
                 keyword = _keyword(text)
                 if keyword in SEQUENCE_ATTRIBUTES:
                     sequence_keys[keyword] = list(SEQUENCE_ATTRIBUTES[keyword].items)
@@ -253,6 +255,9 @@ def parse_search(params: Any, level: str, fixed: dict[str, str], *, top: str) ->
     limit = min(_number(params, "limit", MAX_LIMIT), MAX_LIMIT)
     offset = _number(params, "offset", 0)
     keys = _return_keys(level, top, includes, include_all)
+    if include_all:  # the sequences the index holds are attributes "available" too (8.3.4.3)
+        for keyword, sequence in SEQUENCE_ATTRIBUTES.items():
+            sequence_keys.setdefault(keyword, list(sequence.items))
     for keyword in keys:
         if keyword not in identifier:
             identifier.add(_element(keyword, ""))
@@ -292,9 +297,9 @@ def _return_keys(level: str, top: str, includes: list[str], include_all: bool) -
 
 def search(
     parsed: Search, visible: QuerySet[Study], retrieve_url: Callable[[dict[str, Any]], str]
-) -> tuple[list[dict[str, Any]], bool]:
-    """The matches of PARSED among VISIBLE studies in the DICOM JSON model, and whether more
-    follow past the limit."""
+) -> tuple[list[dict[str, Any]], int]:
+    """The matches of PARSED among VISIBLE studies in the DICOM JSON model, and how many more
+    follow past the limit (PS3.18 8.3.4.4.1: "remaining"; counted only when there are some)."""
     query = build_query(parsed.identifier, STUDY_ROOT)
     conditions = query.conditions
     for keyword, values in parsed.sequences.items():
@@ -306,7 +311,8 @@ def search(
     for keyword, item_keywords in parsed.sequence_keys.items():
         attach_sequence_items(keyword, item_keywords, matches)  # one query per sequence
     results = [json_item(records, parsed.keys, retrieve_url(records)) for records in matches]
-    return results, more
+    remaining = level_rows(query, visible).count() - parsed.offset - len(results) if more else 0
+    return results, remaining
 
 
 # Per keyword: its tag as DICOM JSON names it, and its VR (PS3.18 F.2.2, F.2.3).

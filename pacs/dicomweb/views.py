@@ -149,7 +149,7 @@ class SearchView(DicomWebView):
         try:
             parsed = qido.parse_search(request.GET, self.level, fixed, top=self.top)
             base = _base(request)
-            results, more = qido.search(
+            results, remaining = qido.search(
                 parsed, visible, lambda records: _retrieve_url(base, *qido.uids(records))
             )
         except ValueError as exc:  # QidoError, and the C-FIND QueryError of a bad value
@@ -168,21 +168,23 @@ class SearchView(DicomWebView):
             content_type=DICOM_JSON,
         )
         warnings = []
-        if more:
-            warnings.append('299 rispacs "There are additional results that can be requested"')
-        if parsed.fuzzy_asked:
+        if remaining:  # PS3.18 8.3.4.4.1
+            warnings.append(f"There are {remaining} additional results that can be requested")
+        if parsed.fuzzy_asked:  # PS3.18 8.3.4.2
             warnings.append(
-                '299 rispacs "The fuzzymatching parameter is not supported. '
-                'Only literal matching has been performed."'
+                "The fuzzymatching parameter is not supported. "
+                "Only literal matching has been performed."
             )
-        if parsed.unsupported:
+        if parsed.unsupported:  # universal matching instead; see qido.parse_search
             warnings.append(
-                '299 rispacs "The following attributes are not supported for matching: '
+                "The following attributes are not supported for matching: "
                 + ", ".join(parsed.unsupported)
-                + '"'
             )
         if warnings:
-            response["Warning"] = ", ".join(warnings)
+            # PS3.18 gives each as "299 <service>: <text>", <service> the origin server's base
+            # URI; several go in one field, separated by commas (RFC 7234 5.5).
+            service = base.removesuffix("/studies")
+            response["Warning"] = ", ".join(f"299 {service}: {text}" for text in warnings)
         return response
 
 
@@ -363,11 +365,9 @@ class BulkDataView(DicomWebView):
             return _text(400, f"{tag} is not a bulk data attribute.")
         _audit_retrieval(request, instances, f"WADO-RS bulk data {tag}")
         boundary = multipart.new_boundary()
-        body = b"".join(
-            multipart.stream_parts(
-                [({"Content-Type": "application/octet-stream"}, [value])], boundary
-            )
-        )
+        # PS3.18 B.10: the part names the bulk data URI it answers in Content-Location.
+        part = {"Content-Type": "application/octet-stream", "Content-Location": request.path}
+        body = b"".join(multipart.stream_parts([(part, [value])], boundary))
         return HttpResponse(
             body,
             content_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
