@@ -12,6 +12,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -21,6 +23,7 @@ from pydicom.uid import (
 )
 
 from core.models import AuditEvent
+from pacs.dicomweb.multipart import parse_media_type
 from pacs.models import Instance, Study
 from pacs.storage import default_storage
 from tests import dicom_factory as make
@@ -44,6 +47,12 @@ def _content(response: Any) -> bytes:
     if response.streaming:
         return b"".join(response.streaming_content)
     return bytes(response.content)
+
+
+def _part_type(content_type: str) -> tuple[str, str]:
+    """A part's media type and transfer-syntax parameter."""
+    media = parse_media_type(content_type)
+    return media.type, media.parameters.get("transfer-syntax", "")
 
 
 def _uids(results: list[dict[str, Any]], tag: str = "0020000D") -> list[str]:
@@ -217,13 +226,23 @@ def test_qido_answers_from_the_index_in_constant_queries(
 # --- WADO-RS ---
 
 
-def test_wado_rs_sends_the_stored_files(personas, client) -> None:
+@pytest.mark.parametrize(
+    "accept",
+    [
+        ANY_SYNTAX,
+        # Stored in the default syntax (Explicit VR Little Endian): no need to rewrite it.
+        'multipart/related; type="application/dicom"',
+        f'multipart/related; type="application/dicom"; transfer-syntax={ExplicitVRLittleEndian}',
+        "*/*",
+        None,
+    ],
+)
+def test_wado_rs_sends_the_stored_files(personas, client, accept: str | None) -> None:
     datasets = make.series(3)
     study = store(datasets)
     auth = basic(personas.radiologist)
-    response = client.get(
-        f"/dicomweb/studies/{study.study_instance_uid}", HTTP_ACCEPT=ANY_SYNTAX, **auth
-    )
+    headers = {"HTTP_ACCEPT": accept} if accept else {}
+    response = client.get(f"/dicomweb/studies/{study.study_instance_uid}", **headers, **auth)
     assert response.status_code == 200
     assert response.streaming
     received = parts(response["Content-Type"], _content(response))
@@ -233,7 +252,7 @@ def test_wado_rs_sends_the_stored_files(personas, client) -> None:
     }
     assert len(received) == 3
     for (content_type, body), ds in zip(received, datasets, strict=True):
-        assert content_type.startswith("application/dicom")
+        assert _part_type(content_type) == ("application/dicom", ExplicitVRLittleEndian)
         assert body == stored[ds.SOPInstanceUID]  # byte for byte
         got = dataset(body)
         assert got == ds  # the same dataset as sent
@@ -263,36 +282,63 @@ def _typed(response: Any) -> tuple[str, bytes]:
     return response["Content-Type"], _content(response)
 
 
-def test_wado_rs_converts_to_explicit_little_endian_by_default(personas, client) -> None:
+def _raw_values(body: bytes) -> dict[Any, bytes]:
+    """Each top-level element's value as encoded (pydicom leaves them raw until used)."""
+    ds = dataset(body)
+    # Its keys, not the Dataset itself: iterating over a Dataset decodes every value.
+    return {tag: ds.get_item(tag).value for tag in ds.keys()}  # noqa: SIM118
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        None,  # PS3.18 8.7.3, Table 8.7.3-2: the default is Explicit VR Little Endian
+        "*/*",
+        "multipart/related",
+        'multipart/related; type="application/dicom"',
+        # PS3.18 8.7.3: Implicit VR Little Endian is not used on the web, even when any will do.
+        ANY_SYNTAX,
+    ],
+)
+def test_wado_rs_rewrites_implicit_vr_as_explicit_vr_little_endian(
+    personas, client, accept: str | None
+) -> None:
     ds = make.ct_instance(transfer_syntax=ImplicitVRLittleEndian)
+    ds.private_block(0x0009, "RISPACS TEST", create=True).add_new(0x01, "OB", b"\x01\x02\x03\x04")
+    ds.SmallestImagePixelValue = 7  # US or SS: the VR comes from PixelRepresentation
     study = store([ds])
+    stored = default_storage().path(Instance.objects.get().file_path).read_bytes()
     auth = basic(personas.radiologist)
-    response = client.get(
-        f"/dicomweb/studies/{study.study_instance_uid}",
-        HTTP_ACCEPT='multipart/related; type="application/dicom"',
-        **auth,
-    )
+    headers = {"HTTP_ACCEPT": accept} if accept else {}
+    response = client.get(f"/dicomweb/studies/{study.study_instance_uid}", **headers, **auth)
     [(content_type, body)] = parts(*_typed(response))
-    assert str(ExplicitVRLittleEndian) in content_type
+    assert _part_type(content_type) == ("application/dicom", ExplicitVRLittleEndian)
     got = dataset(body)
     assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
-    assert got.PixelData == ds.PixelData
-    assert got.PatientName == ds.PatientName
-    as_stored = client.get(f"/dicomweb/studies/{study.study_instance_uid}", **auth)
-    [(content_type, body)] = parts(*_typed(as_stored))
-    assert dataset(body).file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
-    refused = client.get(
-        f"/dicomweb/studies/{study.study_instance_uid}",
-        HTTP_ACCEPT=f"{ANY_SYNTAX[:-1]}{JPEGBaseline8Bit}",
-        **auth,
-    )
-    assert refused.status_code == 406
-    assert (
-        client.get(
-            f"/dicomweb/studies/{study.study_instance_uid}", HTTP_ACCEPT="image/png", **auth
-        ).status_code
-        == 406
-    )
+    assert got.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert got["SmallestImagePixelValue"].VR == "US"
+    # Only the encoding changes: every value, to the byte, is the stored one (the private
+    # one, whose VR the implicit file does not say, as UN).
+    assert _raw_values(body) == _raw_values(stored)
+    assert got[0x00091001].VR == "UN"
+    assert got == dataset(stored)
+
+
+def test_wado_rs_named_syntaxes(personas, client) -> None:
+    ds = make.ct_instance(transfer_syntax=ImplicitVRLittleEndian)
+    study = store([ds])
+    url = f"/dicomweb/studies/{study.study_instance_uid}"
+    auth = basic(personas.radiologist)
+    # A syntax it cannot be made in: 406 naming what it can be sent in.
+    for syntax in (JPEGBaseline8Bit, ImplicitVRLittleEndian):  # the latter: PS3.18 8.7.3
+        refused = client.get(url, HTTP_ACCEPT=f"{ANY_SYNTAX[:-1]}{syntax}", **auth)
+        assert refused.status_code == 406, syntax
+        assert f"can be sent as {ExplicitVRLittleEndian}" in refused.content.decode()
+    assert client.get(url, HTTP_ACCEPT="image/png", **auth).status_code == 406
+    # Refused at q=0, then the next one asked for.
+    either = f"{ANY_SYNTAX[:-1]}{JPEGBaseline8Bit}, {ANY_SYNTAX}; q=0, */*; q=0.5"
+    [(content_type, _)] = parts(*_typed(client.get(url, HTTP_ACCEPT=either, **auth)))
+    assert _part_type(content_type) == ("application/dicom", ExplicitVRLittleEndian)
 
 
 def test_wado_rs_metadata_and_bulk_data(personas, client) -> None:
@@ -598,15 +644,58 @@ def test_an_instance_stored_compressed(personas, client) -> None:
     [(_, frame)] = parts(*_typed(client.get(_frames_url(ds, "1"), **auth)))
     assert frame == original
     study_url = f"/dicomweb/studies/{ds.StudyInstanceUID}"
-    [(_, body)] = parts(*_typed(client.get(study_url, **auth)))
-    assert dataset(body).file_meta.TransferSyntaxUID == RLELossless  # Accept: anything
-    decompressed = client.get(
-        study_url, HTTP_ACCEPT='multipart/related; type="application/dicom"', **auth
+    # No transfer syntax asked: the default, Explicit VR Little Endian (PS3.18 8.7.3).
+    for headers in ({}, {"HTTP_ACCEPT": 'multipart/related; type="application/dicom"'}):
+        [(content_type, body)] = parts(*_typed(client.get(study_url, **headers, **auth)))
+        assert _part_type(content_type) == ("application/dicom", ExplicitVRLittleEndian)
+        got = dataset(body)
+        assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert got.PixelData == original
+    # Any (PS3.18 8.7.3.5.2), or its own: as stored, byte for byte.
+    stored = default_storage().path(Instance.objects.get().file_path).read_bytes()
+    for accept in (ANY_SYNTAX, f"{ANY_SYNTAX[:-1]}{RLELossless}"):
+        [(content_type, body)] = parts(*_typed(client.get(study_url, HTTP_ACCEPT=accept, **auth)))
+        assert _part_type(content_type) == ("application/dicom", RLELossless)
+        assert body == stored
+
+
+def test_each_instance_in_the_first_syntax_it_can_be_sent_in(personas, client) -> None:
+    """PS3.18 8.7.8.2 note 1: the parts of one response may differ in transfer syntax."""
+    plain, packed = make.series(2)
+    packed.compress(RLELossless, encoding_plugin="pydicom")
+    store([plain, packed])
+    url = f"/dicomweb/studies/{plain.StudyInstanceUID}"
+    auth = basic(personas.radiologist)
+    rle_only = f"{ANY_SYNTAX[:-1]}{RLELossless}"
+    refused = client.get(url, HTTP_ACCEPT=rle_only, **auth)
+    assert refused.status_code == 406
+    assert f"{plain.SOPInstanceUID} is stored as {ExplicitVRLittleEndian}" in (
+        refused.content.decode()
     )
-    [(_, body)] = parts(*_typed(decompressed))
+    either = f'{rle_only}, multipart/related; type="application/dicom"'
+    received = parts(*_typed(client.get(url, HTTP_ACCEPT=either, **auth)))
+    assert [_part_type(content_type)[1] for content_type, _ in received] == [
+        ExplicitVRLittleEndian,
+        RLELossless,
+    ]
+
+
+def test_lossy_pixel_data_is_sent_as_stored_unless_a_syntax_is_named(personas, client) -> None:
+    """PS3.18 8.7.3: the default does not apply when the pixel data exist only lossy."""
+    ds = dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))  # JPEG Baseline
+    store([ds])
+    stored = default_storage().path(Instance.objects.get().file_path).read_bytes()
+    url = f"/dicomweb/studies/{ds.StudyInstanceUID}"
+    auth = basic(personas.radiologist)
+    [(content_type, body)] = parts(*_typed(client.get(url, **auth)))
+    assert _part_type(content_type) == ("application/dicom", JPEGBaseline8Bit)
+    assert body == stored
+    named = f"{ANY_SYNTAX[:-1]}{ExplicitVRLittleEndian}"
+    [(content_type, body)] = parts(*_typed(client.get(url, HTTP_ACCEPT=named, **auth)))
     got = dataset(body)
     assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
-    assert got.PixelData == original
+    assert got.PhotometricInterpretation == "RGB"  # decompressed as the metadata says
+    assert len(got.PixelData) == ds.Rows * ds.Columns * 3
 
 
 def test_frames_in_the_stored_syntax_when_asked(personas, client) -> None:

@@ -252,7 +252,9 @@ class RetrieveView(DicomWebView):
         visible = self.visible(request)
         selection = wado.Selection(study, series, instance)
         try:
-            syntax = wado.dicom_syntax(multipart.split_accept(request.META.get("HTTP_ACCEPT", "")))
+            wanted = wado.dicom_syntaxes(
+                multipart.split_accept(request.META.get("HTTP_ACCEPT", ""))
+            )
         except wado.NotAcceptable as exc:
             return _text(406, str(exc))
         instances = wado.selected_instances(selection, visible)
@@ -263,19 +265,32 @@ class RetrieveView(DicomWebView):
         if missing:
             logger.error("WADO-RS %s: %d stored file(s) missing", study, len(missing))
             return _text(500, f"{len(missing)} of these files are missing from the archive.")
-        if syntax not in (wado.ANY_SYNTAX, *wado.UNCOMPRESSED) and any(
-            i.transfer_syntax_uid != syntax for i in instances
-        ):
-            return _text(406, f"Not every instance is stored as {syntax}; ask for another.")
+        # Each instance in the first syntax asked for that it can be sent in (PS3.18 8.7.8.2
+        # note 1: parts may differ), all decided before the first byte goes out.
+        plan = [(i, wado.sent_syntax(i, wanted)) for i in instances]
+        refused = [i for i, syntax in plan if syntax is None]
+        if refused:
+            return _text(406, _unsendable(refused, len(instances)))
         _audit_retrieval(request, instances, "WADO-RS")
         boundary = multipart.new_boundary()
-        parts = (wado.instance_part(i, syntax, storage) for i in instances)
+        parts = (wado.instance_part(i, syntax, storage) for i, syntax in plan if syntax)
         response = StreamingHttpResponse(
             multipart.stream_parts(parts, boundary),
             content_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
         )
         response["Cache-Control"] = "private, no-store"
         return response
+
+
+def _unsendable(refused: list[Instance], total: int) -> str:
+    """A 406's text: which instances cannot be sent as asked, and what they can be sent as."""
+    first = refused[0]
+    offered = ", ".join(wado.offered_syntaxes(first)) or "none"
+    return (
+        f"{len(refused)} of {total} instance(s) cannot be sent in the transfer syntax asked for; "
+        f"{first.sop_instance_uid} is stored as {first.transfer_syntax_uid} and can be sent as "
+        f"{offered}, or as stored with transfer-syntax=*."
+    )
 
 
 def _audit_retrieval(request: Request, instances: list[Instance], how: str) -> None:
@@ -434,9 +449,12 @@ class WadoUriView(DicomWebView):
         instances = wado.selected_instances(selection, visible)
         if not instances:
             raise _not_found(request, selection)
-        syntax = params.get("transferSyntax") or wado.ANY_SYNTAX
-        if syntax not in (wado.ANY_SYNTAX, instances[0].transfer_syntax_uid, *wado.UNCOMPRESSED):
-            return _text(406, f"The instance is not stored as {syntax}.")
+        # PS3.18 9.4.2.4: no transferSyntax, Explicit VR Little Endian (with 8.7.3's exceptions).
+        syntax = wado.sent_syntax(
+            instances[0], [params.get("transferSyntax") or wado.DEFAULT_SYNTAX]
+        )
+        if syntax is None:
+            return _text(406, _unsendable(instances, 1))
         storage = default_storage()
         if not storage.exists(instances[0].file_path):
             return _text(500, "The file is missing from the archive.")

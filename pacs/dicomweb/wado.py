@@ -1,8 +1,11 @@
 """WADO-RS (PS3.18 10.4) and WADO-URI (PS3.18 9): which stored instances, which bytes.
 
-Instances go out as stored, byte for byte, when the client accepts their transfer syntax
-(or any, `transfer-syntax=*`); otherwise decompressed to the uncompressed syntax asked for
-(Explicit VR Little Endian by default, PS3.18 8.7.3.5.2), one instance in memory at a time.
+An instance goes out in the transfer syntax asked for: with no transfer-syntax parameter the
+default, Explicit VR Little Endian (PS3.18 8.7.3, Table 8.7.3-2), except pixel data stored
+lossy, which is sent as stored; with `transfer-syntax=*` as stored (PS3.18 8.7.3.5.2), except
+Implicit VR Little Endian and Big Endian, which the web may not use (8.7.3); a named syntax is
+that one, decompressing when need be. The stored file is sent byte for byte whenever it already
+is in that syntax; otherwise it is rewritten, one instance in memory at a time.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ from typing import Any
 from django.db.models import QuerySet
 from pydicom import dcmread
 from pydicom.encaps import generate_frames
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacs.dicomweb.multipart import MediaType, file_chunks
 from pacs.models import Instance, Study
-from pacs.retrieve import UNCOMPRESSED
 from pacs.storage import FileStorage
 
 logger = logging.getLogger(__name__)
@@ -66,51 +69,131 @@ def exists(selection: Selection) -> Study | None:
     return instance.series.study if instance is not None else None
 
 
-def dicom_syntax(accept: list[MediaType]) -> str:
-    """The transfer syntax to send application/dicom in, from the Accept header's ranges.
+# No transfer-syntax parameter: the media type's default, which for application/dicom is
+# Explicit VR Little Endian (PS3.18 8.7.3, Table 8.7.3-2), with 8.7.3's exceptions.
+DEFAULT_SYNTAX = ""
+EXPLICIT_VR_LITTLE_ENDIAN = str(ExplicitVRLittleEndian)
+# PS3.18 8.7.3: Implicit VR Little Endian and Explicit VR Big Endian "shall not be used with
+# Web Services"; an instance stored in one goes out as Explicit VR Little Endian.
+NOT_FOR_THE_WEB = frozenset({str(ImplicitVRLittleEndian), str(ExplicitVRBigEndian)})
+# The syntaxes whose pixel data may be lossy (PS3.6 Table A-1, those not "Lossless"): with no
+# transfer-syntax parameter an instance stored in one is sent as stored, not decompressed into
+# the default (PS3.18 8.7.3, "only access to the pixel data in lossy compressed form").
+LOSSY = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+        "1.2.840.10008.1.2.4.51",  # JPEG Extended
+        "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+        "1.2.840.10008.1.2.4.91",  # JPEG 2000
+        "1.2.840.10008.1.2.4.93",  # JPEG 2000 Part 2 Multi-component
+        "1.2.840.10008.1.2.4.111",  # JPEG XL JPEG Recompression
+        "1.2.840.10008.1.2.4.112",  # JPEG XL
+        "1.2.840.10008.1.2.4.203",  # High-Throughput JPEG 2000
+        *(f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)),  # MPEG-2, MPEG-4, HEVC
+        *(f"1.2.840.10008.1.2.4.{n}.1" for n in range(100, 107)),  # their fragmentable forms
+    }
+)
+# The longest value an Explicit VR Little Endian file can hold (PS3.5 7.1.2: a 32-bit length,
+# even, 0xFFFFFFFF being "undefined").
+MAX_NATIVE_LENGTH = 0xFFFFFFFE
 
-    Returns "*" for "as stored"; raises NotAcceptable when no range allows application/dicom.
+
+def _quality(media: MediaType) -> float:
+    try:
+        return float(media.parameters.get("q", "1"))
+    except ValueError:
+        return 1.0
+
+
+def dicom_syntaxes(accept: list[MediaType]) -> list[str]:
+    """The transfer syntaxes the Accept ranges take application/dicom in, preferred first.
+
+    "*" stands for any (as stored), DEFAULT_SYNTAX for a range without a transfer-syntax
+    parameter. Raises NotAcceptable when no range allows application/dicom.
     """
     if not accept:
-        return ANY_SYNTAX
-    for media in accept:
+        return [DEFAULT_SYNTAX]
+    wanted = []
+    # RFC 9110 12.5.1: ranges by their q value, the order given among equals; q=0 refuses.
+    for media in sorted(accept, key=_quality, reverse=True):
         inner = media.parameters.get("type", "") if media.type == "multipart/related" else ""
         kind = inner or media.type
-        if kind in ("application/dicom", "*/*", "application/*", "multipart/related"):
-            syntax = media.parameters.get("transfer-syntax", "")
-            if not syntax:
-                return str(ExplicitVRLittleEndian) if kind == "application/dicom" else ANY_SYNTAX
-            return syntax  # a compressed one: only instances stored in it can be sent
-    raise NotAcceptable('this resource is sent as multipart/related; type="application/dicom"')
+        dicom = kind in ("application/dicom", "*/*", "application/*", "multipart/related")
+        if dicom and _quality(media) > 0:
+            wanted.append(media.parameters.get("transfer-syntax", DEFAULT_SYNTAX))
+    if not wanted:
+        raise NotAcceptable('this resource is sent as multipart/related; type="application/dicom"')
+    return wanted
+
+
+def decodable(syntax: str) -> bool:
+    """Whether an instance stored in SYNTAX can be rewritten in Explicit VR Little Endian."""
+    if not UID(syntax).is_encapsulated:
+        return True  # native or deflated: pydicom re-encodes it
+    try:
+        return bool(get_decoder(UID(syntax)).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def _too_long_to_decompress(instance: Instance) -> bool:
+    # Samples per pixel is not indexed: taken as 3, the most there is (PS3.3 C.7.6.3.1.1).
+    sample = -(-(instance.bits_allocated or 8) // 8)
+    frame = (instance.rows or 0) * (instance.columns or 0) * 3 * sample
+    return frame * (instance.number_of_frames or 1) > MAX_NATIVE_LENGTH
+
+
+def sent_syntax(instance: Instance, wanted: list[str]) -> str | None:
+    """The transfer syntax INSTANCE goes out in for the syntaxes WANTED; None if none can be made.
+
+    Only the index is read: a whole study is planned before its first byte is sent.
+    """
+    stored = instance.transfer_syntax_uid
+    for syntax in wanted:
+        if syntax == ANY_SYNTAX:  # PS3.18 8.7.3.5.2: any, so as stored where the web allows
+            return EXPLICIT_VR_LITTLE_ENDIAN if stored in NOT_FOR_THE_WEB else stored
+        if syntax == DEFAULT_SYNTAX and (
+            stored in LOSSY or (UID(stored).is_encapsulated and _too_long_to_decompress(instance))
+        ):
+            return stored  # PS3.18 8.7.3's exceptions to the default
+        if syntax == stored and stored not in NOT_FOR_THE_WEB:
+            return stored
+        if syntax in (DEFAULT_SYNTAX, EXPLICIT_VR_LITTLE_ENDIAN) and decodable(stored):
+            return EXPLICIT_VR_LITTLE_ENDIAN
+    return None
+
+
+def offered_syntaxes(instance: Instance) -> list[str]:
+    """The transfer syntaxes INSTANCE can be sent in, for a 406 to name."""
+    stored = instance.transfer_syntax_uid
+    offered = [EXPLICIT_VR_LITTLE_ENDIAN] if decodable(stored) else []
+    if stored not in NOT_FOR_THE_WEB and stored not in offered:
+        offered.append(stored)
+    return offered
 
 
 def instance_part(
     instance: Instance, syntax: str, storage: FileStorage
 ) -> tuple[dict[str, str], Iterator[bytes]]:
-    """Headers and body chunks of one instance as an application/dicom part."""
-    stored = instance.transfer_syntax_uid
-    location = instance_location(instance)
-    if syntax in (ANY_SYNTAX, stored):
-        headers = {
-            "Content-Type": f"application/dicom; transfer-syntax={stored}",
-            "Content-Location": location,
-        }
-        return headers, file_chunks(lambda: storage.open(instance.file_path))
-    if syntax not in UNCOMPRESSED:
-        raise NotAcceptable(
-            f"{instance.sop_instance_uid} is stored as {stored}, not in {syntax}; "
-            "ask for an uncompressed syntax or transfer-syntax=*"
-        )
+    """Headers and body chunks of one instance as an application/dicom part in SYNTAX, one
+    of sent_syntax's answers: the stored file byte for byte when it already is in SYNTAX."""
     headers = {
         "Content-Type": f"application/dicom; transfer-syntax={syntax}",
-        "Content-Location": location,
+        "Content-Location": instance_location(instance),
     }
+    if syntax == instance.transfer_syntax_uid:
+        return headers, file_chunks(lambda: storage.open(instance.file_path))
     return headers, _transcoded(instance, UID(syntax), storage)
 
 
 def _transcoded(instance: Instance, syntax: UID, storage: FileStorage) -> Iterator[bytes]:
+    """The instance rewritten in SYNTAX (uncompressed), one instance in memory at a time.
+
+    Values are kept as they are: only the file meta and the encoding change (an element an
+    implicit VR file gives no VR for, a private one, is written as UN with its bytes).
+    """
     dataset = dcmread(storage.path(instance.file_path))
-    if dataset.file_meta.TransferSyntaxUID.is_compressed:
+    if dataset.file_meta.TransferSyntaxUID.is_encapsulated:
         dataset.decompress(
             as_rgb=True
         )  # sets RGB; raises for a syntax without a decoder: the stream stops
