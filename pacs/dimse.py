@@ -198,7 +198,9 @@ def storage_service(ae: ApplicationEntity) -> list[EventHandler]:
     stopped process left in it before the listener opens (pacs.journal).
     """
     if settings.DICOM_INTAKE_JOURNAL:
-        intake = journal.Journal(default_storage(), services.index_journal_entry)
+        intake = journal.Journal(
+            default_storage(), services.index_journal_entry, services.index_journal_entries
+        )
         journal.install(intake)
         intake.start()
         atexit.register(intake.stop)

@@ -110,6 +110,27 @@ class FileStorage:
         for parent in created:
             _fsync_directory(parent.parent)
 
+    def adopt_all(self, pairs: list[tuple[Path, str]]) -> list[bool]:
+        """adopt() for many (SOURCE, RELATIVE_PATH) pairs, the new names made durable with
+        one fsync per folder rather than one per file; tell which were adopted (False: the
+        name was taken, and that file is left as it is)."""
+        folders: dict[Path, None] = {}  # to fsync, in order (a dict: no duplicates)
+        adopted = []
+        for source, relative_path in pairs:
+            final = self.path(relative_path)
+            for created in self._make_directories(final.parent):
+                folders[created.parent] = None
+            try:
+                os.link(source, final)
+            except FileExistsError:
+                adopted.append(False)
+                continue
+            folders[final.parent] = None
+            adopted.append(True)
+        for folder in folders:
+            _fsync_directory(folder)
+        return adopted
+
     def _make_directories(self, directory: Path) -> list[Path]:
         """Create DIRECTORY and its missing parents; return the ones created, deepest last."""
         missing: list[Path] = []

@@ -7,13 +7,14 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import OperationalError
+from django.db import OperationalError, connection
 
 from pacs import journal, services
-from pacs.models import Instance, Study
+from pacs.models import Instance, Series, Study
 from pacs.storage import FileStorage
 from tests import dcmtk
 from tests import dicom_factory as make
@@ -121,3 +122,85 @@ def test_acknowledged_instances_survive_kill_9_before_indexing(tmp_path: Path) -
         server.send_signal(signal.SIGTERM)
     assert rows == 4
     assert _journal_files(storage) == []
+
+
+def _accepted(intake: journal.Journal, datasets: list[Any]) -> list[journal.Entry]:
+    """Journal DATASETS as C-STORE does, without the indexer thread; return their entries."""
+    intake.folder.mkdir(parents=True, exist_ok=True)
+    for ds in datasets:
+        encoded = make.encoded(ds)
+        syntax = str(ds.file_meta.TransferSyntaxUID)
+        header = services._checked_header(encoded, syntax, None)
+        intake.accept(
+            header,
+            [services.file_meta_bytes(header, syntax, "T"), encoded],
+            transfer_syntax=syntax,
+            calling_ae="T",
+            source_address="",
+        )
+    return [intake._queue.get_nowait() for _ in datasets]  # type: ignore[misc]
+
+
+def _assert_indexed_once(storage_root: Path, count: int) -> None:
+    study = Study.objects.get()
+    assert Instance.objects.count() == count
+    assert study.number_of_instances == count
+    assert Series.objects.get().number_of_instances == count
+    sizes = [instance.file_size for instance in Instance.objects.all()]
+    assert study.size_bytes == sum(sizes) > 0
+    for instance in Instance.objects.all():
+        assert (storage_root / instance.file_path).stat().st_size == instance.file_size
+    assert _journal_files(storage_root) == []
+
+
+def test_instances_arriving_together_are_indexed_together() -> None:
+    services._INDEXER_CACHE.studies.clear()
+    services._INDEXER_CACHE.series.clear()
+    storage_root = Path(settings.STORAGE_DIR)
+    storage = FileStorage(storage_root)
+    intake = journal.Journal(storage, services.index_journal_entry, services.index_journal_entries)
+    first, *rest = make.series(7, patient_id="BATCH1")
+    intake._index_all(_accepted(intake, [first]))  # a new series: indexed on its own
+    again = make.ct_instance(
+        patient_id="BATCH1",
+        study_uid=first.StudyInstanceUID,
+        series_uid=first.SeriesInstanceUID,
+    )
+    again.SOPInstanceUID = first.SOPInstanceUID  # sent twice: kept once
+    entries = _accepted(intake, [*rest, again])
+    left = services.index_journal_entries(entries, storage)
+    if connection.vendor == "postgresql":
+        # All but the instance stored before went in one statement, their folder fsynced once.
+        assert [entry.header.sop_instance_uid for entry in left] == [first.SOPInstanceUID]
+        assert Instance.objects.count() == 7
+    else:
+        assert left == entries  # one at a time on other databases
+    intake._index_all(entries)  # what the indexer thread does with the batch
+    _assert_indexed_once(storage_root, 7)
+
+
+def test_a_batch_that_fails_is_indexed_one_at_a_time(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    services._INDEXER_CACHE.studies.clear()
+    services._INDEXER_CACHE.series.clear()
+    storage_root = Path(settings.STORAGE_DIR)
+    storage = FileStorage(storage_root)
+
+    def failing(rows: list[dict[str, Any]]) -> int:
+        raise OperationalError("connection lost mid-batch")
+
+    monkeypatch.setattr(services, "_insert_all_counted_postgresql", failing)
+    batches: list[int] = []
+
+    def batch_then_fail(entries: list[journal.Entry], storage: FileStorage) -> list[journal.Entry]:
+        batches.append(len(entries))
+        left = services.index_journal_entries(entries, storage)
+        if left is entries:
+            raise OperationalError("not PostgreSQL: fail all the same")
+        return left
+
+    intake = journal.Journal(storage, services.index_journal_entry, batch_then_fail)
+    first, *rest = make.series(5, patient_id="BATCH2")
+    intake._index_all(_accepted(intake, [first]))
+    intake._index_all(_accepted(intake, rest))  # the names already linked are taken over
+    assert batches == [4]
+    _assert_indexed_once(storage_root, 5)
