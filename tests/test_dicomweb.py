@@ -702,30 +702,49 @@ def test_frames_in_the_stored_syntax_when_asked(personas, client) -> None:
     from pydicom.encaps import generate_frames
 
     ds = make.ct_instance()
+    original = ds.PixelData
     ds.compress(RLELossless, encoding_plugin="pydicom")
     [stored_frame] = generate_frames(ds.PixelData, number_of_frames=1)
     store([ds])
     auth = basic(personas.radiologist)
     for accept in (
-        'multipart/related; type="application/octet-stream"; transfer-syntax=*',
         'multipart/related; type="image/dicom-rle"',
         f'multipart/related; type="image/dicom-rle"; transfer-syntax={RLELossless}',
+        'multipart/related; type="image/dicom-rle"; transfer-syntax=*',
+        'multipart/related; type="image/*"',
+        "multipart/related; transfer-syntax=*",
     ):
         response = client.get(_frames_url(ds, "1"), HTTP_ACCEPT=accept, **auth)
         assert response.status_code == 200, accept
         [(content_type, frame)] = parts(*_typed(response))
-        assert content_type.replace('"', "") == f"image/dicom-rle; transfer-syntax={RLELossless}"
+        assert _part_type(content_type) == ("image/dicom-rle", RLELossless), accept
         assert frame == stored_frame
-    # Another compressed syntax cannot be made from it: 406, saying what can.
-    refused = client.get(
-        _frames_url(ds, "1"), HTTP_ACCEPT='multipart/related; type="image/jpeg"', **auth
-    )
-    assert refused.status_code == 406 and "stored as" in refused.content.decode()
+    # application/octet-stream is uncompressed pixel data (PS3.18 8.7.3.3.1, Table 8.7.3-4);
+    # compressed frames have image/* types (8.7.3.3.2, Table 8.7.3-5). So with
+    # transfer-syntax=* it stands for any uncompressed syntax, never the stored compressed
+    # bytes (D. Clunie, OHIF issue 4382). Cornerstone's WADO-RS loader asks exactly this.
+    for accept in (
+        'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+        "multipart/related; type=application/octet-stream; transfer-syntax=*",
+    ):
+        response = client.get(_frames_url(ds, "1"), HTTP_ACCEPT=accept, **auth)
+        [(content_type, frame)] = parts(*_typed(response))
+        assert _part_type(content_type) == ("application/octet-stream", ExplicitVRLittleEndian)
+        assert frame == original
+    # Octet-stream in a compressed syntax is no representation: 406, saying what can be sent.
+    for accept in (
+        f'multipart/related; type="application/octet-stream"; transfer-syntax={RLELossless}',
+        'multipart/related; type="image/jpeg"',  # another compressed syntax: not made
+    ):
+        refused = client.get(_frames_url(ds, "1"), HTTP_ACCEPT=accept, **auth)
+        assert refused.status_code == 406, accept
+        assert f"image/dicom-rle ({RLELossless}, as stored)" in refused.content.decode()
     # Asking for JPEG or else uncompressed: the uncompressed frame.
     either = (
         'multipart/related; type="image/jpeg", multipart/related; type="application/octet-stream"'
     )
-    [(content_type, _)] = parts(
+    [(content_type, frame)] = parts(
         *_typed(client.get(_frames_url(ds, "1"), HTTP_ACCEPT=either, **auth))
     )
     assert content_type.startswith("application/octet-stream")
+    assert frame == original

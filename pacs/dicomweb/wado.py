@@ -265,48 +265,73 @@ _DEFAULT_SYNTAX = {
     "image/dicom-rle": "1.2.840.10008.1.2.5",
     "image/x-dicom-rle": "1.2.840.10008.1.2.5",
 }
-_UNCOMPRESSED_FRAMES = str(ExplicitVRLittleEndian)
+_UNCOMPRESSED_FRAMES = EXPLICIT_VR_LITTLE_ENDIAN
+OCTET_STREAM = "application/octet-stream"
+ANY_MEDIA = "*/*"
+ANY_IMAGE = "image/*"
 
 
-def frame_syntaxes(accept: list[MediaType]) -> list[str]:
-    """The transfer syntaxes the Accept ranges take frames in, in order; "*" for as stored.
-
-    No Accept, or octet-stream without a syntax: uncompressed (PS3.18 8.7.3.3.2).
-    """
+def frame_ranges(accept: list[MediaType]) -> list[tuple[str, str]]:
+    """The (media type, transfer syntax) pairs the Accept ranges take frames in, preferred
+    first; the syntax "*" for any. No Accept: uncompressed octet-stream (PS3.18 8.7.3.3)."""
     if not accept:
-        return [_UNCOMPRESSED_FRAMES]
+        return [(OCTET_STREAM, _UNCOMPRESSED_FRAMES)]
     wanted = []
-    for media in accept:
+    for media in sorted(accept, key=_quality, reverse=True):
+        if _quality(media) <= 0:
+            continue
         kind = media.parameters.get("type", "") if media.type == "multipart/related" else ""
-        kind = kind or media.type
+        kind = (kind or media.type).replace("image/x-dicom-rle", "image/dicom-rle")
+        if kind == "multipart/related":
+            kind = ANY_MEDIA
         syntax = media.parameters.get("transfer-syntax", "")
-        if kind in ("application/octet-stream", "*/*", "multipart/related"):
-            wanted.append(syntax or _UNCOMPRESSED_FRAMES)
+        if kind in (OCTET_STREAM, ANY_MEDIA):
+            wanted.append((kind, syntax or _UNCOMPRESSED_FRAMES))
         elif kind in _DEFAULT_SYNTAX:
-            wanted.append(syntax or _DEFAULT_SYNTAX[kind])
+            wanted.append((kind, syntax or _DEFAULT_SYNTAX[kind]))
+        elif kind == ANY_IMAGE:
+            wanted.append((kind, syntax or ANY_SYNTAX))
     if not wanted:
         raise NotAcceptable("frames are sent as application/octet-stream or image/* parts")
     return wanted
+
+
+def _frames_as_stored(kind: str, syntax: str, stored: str) -> bool:
+    """Whether the range (KIND, SYNTAX) takes frames compressed in STORED, as they are."""
+    media = FRAME_MEDIA_TYPES.get(stored)
+    if media is None or syntax not in (ANY_SYNTAX, stored):
+        return False
+    return kind in (media, ANY_IMAGE, ANY_MEDIA)
 
 
 def frame_parts(
     instance: Instance, numbers: list[int], accept: list[MediaType], storage: FileStorage
 ) -> list[tuple[str, bytes]]:
     """The (Content-Type, bytes) of frames NUMBERS of INSTANCE, in a syntax ACCEPT takes:
-    as stored when it is asked for (or "*"), else decompressed to native little endian."""
+    as stored when its image/* media type is asked for, else decompressed to native little
+    endian.
+
+    application/octet-stream is uncompressed pixel data only (PS3.18 8.7.3.3.1, Table
+    8.7.3-4); compressed frames have their own media types (8.7.3.3.2, Table 8.7.3-5). So
+    `type="application/octet-stream"; transfer-syntax=*` is any uncompressed syntax, not the
+    stored compressed one: D. Clunie on OHIF issue 4382 (returning compressed streams as
+    application/octet-stream "is not correct"; with "*" it "should only match uncompressed
+    transfer syntaxes").
+    """
     stored = instance.transfer_syntax_uid
-    for syntax in frame_syntaxes(accept):
-        if syntax in (ANY_SYNTAX, stored) and stored in FRAME_MEDIA_TYPES:
-            media = FRAME_MEDIA_TYPES[stored]
-            content_type = f"{media}; transfer-syntax={stored}"
+    for kind, syntax in frame_ranges(accept):
+        if _frames_as_stored(kind, syntax, stored):
+            content_type = f"{FRAME_MEDIA_TYPES[stored]}; transfer-syntax={stored}"
             return [(content_type, frame) for frame in stored_frames(instance, numbers, storage)]
-        if syntax in (ANY_SYNTAX, _UNCOMPRESSED_FRAMES):
-            content_type = f"application/octet-stream; transfer-syntax={_UNCOMPRESSED_FRAMES}"
+        if kind in (OCTET_STREAM, ANY_MEDIA) and syntax in (ANY_SYNTAX, _UNCOMPRESSED_FRAMES):
+            content_type = f"{OCTET_STREAM}; transfer-syntax={_UNCOMPRESSED_FRAMES}"
             frames = uncompressed_frames(instance, numbers, storage)
             return [(content_type, frame) for frame in frames]
+    offered = f"{OCTET_STREAM} ({_UNCOMPRESSED_FRAMES})"
+    if stored in FRAME_MEDIA_TYPES:
+        offered += f" or {FRAME_MEDIA_TYPES[stored]} ({stored}, as stored)"
     raise NotAcceptable(
-        f"{instance.sop_instance_uid} is stored as {stored}: ask for its frames in that "
-        "syntax, uncompressed, or transfer-syntax=*"
+        f"{instance.sop_instance_uid} is stored as {stored}: its frames can be sent as {offered}"
     )
 
 
