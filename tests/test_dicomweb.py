@@ -23,6 +23,7 @@ from pydicom.uid import (
 )
 
 from core.models import AuditEvent
+from pacs.dicomweb import wado
 from pacs.dicomweb.multipart import parse_media_type
 from pacs.models import Instance, Study
 from pacs.storage import default_storage
@@ -407,6 +408,25 @@ def test_wado_uri(personas, client) -> None:
     assert AuditEvent.objects.filter(action="export", detail__startswith="WADO-URI").count() == 1
 
 
+def test_wado_uri_default_is_explicit_vr_little_endian(personas, client) -> None:
+    """PS3.18 9.4.2.4: with no transferSyntax, Explicit VR Little Endian."""
+    ds = make.ct_instance(transfer_syntax=ImplicitVRLittleEndian)
+    store([ds])
+    query = {
+        "requestType": "WADO",
+        "studyUID": ds.StudyInstanceUID,
+        "seriesUID": ds.SeriesInstanceUID,
+        "objectUID": ds.SOPInstanceUID,
+        "contentType": "application/dicom",
+    }
+    auth = basic(personas.radiologist)
+    got = dataset(_content(client.get("/dicomweb/wado", query, **auth)))
+    assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert got == ds
+    implicit = {**query, "transferSyntax": str(ImplicitVRLittleEndian)}
+    assert client.get("/dicomweb/wado", implicit, **auth).status_code == 406  # PS3.18 8.7.3
+
+
 # --- STOW-RS ---
 
 
@@ -748,3 +768,36 @@ def test_frames_in_the_stored_syntax_when_asked(personas, client) -> None:
     )
     assert content_type.startswith("application/octet-stream")
     assert frame == original
+
+
+@pytest.mark.parametrize(
+    ("stored", "wanted", "sent"),
+    [
+        (str(ExplicitVRLittleEndian), [""], str(ExplicitVRLittleEndian)),  # as stored
+        (str(ImplicitVRLittleEndian), ["*"], str(ExplicitVRLittleEndian)),  # PS3.18 8.7.3
+        (str(ImplicitVRLittleEndian), [str(ImplicitVRLittleEndian)], None),
+        (str(RLELossless), [""], str(ExplicitVRLittleEndian)),  # lossless: decompressed
+        (str(JPEGBaseline8Bit), [""], str(JPEGBaseline8Bit)),  # lossy: as stored
+        (str(JPEGBaseline8Bit), [str(ExplicitVRLittleEndian)], str(ExplicitVRLittleEndian)),
+        ("1.2.840.10008.1.2.4.100", [str(ExplicitVRLittleEndian)], None),  # MPEG-2: no decoder
+        ("1.2.840.10008.1.2.4.100", ["*"], "1.2.840.10008.1.2.4.100"),
+        ("1.2.3.4", ["", str(ExplicitVRLittleEndian)], None),  # unknown: not decodable
+        ("1.2.3.4", [str(RLELossless), "*"], "1.2.3.4"),
+    ],
+)
+def test_sent_syntax(stored: str, wanted: list[str], sent: str | None) -> None:
+    assert wado.sent_syntax(Instance(transfer_syntax_uid=stored), wanted) == sent
+
+
+def test_pixel_data_too_long_to_decompress_is_sent_as_stored() -> None:
+    """PS3.18 8.7.3: the default does not apply to pixel data Explicit VR cannot hold."""
+    huge = Instance(
+        transfer_syntax_uid=str(RLELossless),
+        rows=4096,
+        columns=4096,
+        bits_allocated=16,
+        number_of_frames=200,
+    )
+    assert wado.sent_syntax(huge, [""]) == str(RLELossless)
+    huge.number_of_frames = 2
+    assert wado.sent_syntax(huge, [""]) == str(ExplicitVRLittleEndian)

@@ -126,9 +126,17 @@ def dicom_syntaxes(accept: list[MediaType]) -> list[str]:
     return wanted
 
 
+def _encapsulated(syntax: str) -> bool:
+    """Whether SYNTAX encapsulates its pixel data; a syntax pydicom does not know, assumed so."""
+    try:
+        return bool(UID(syntax).is_encapsulated)
+    except ValueError:
+        return True
+
+
 def decodable(syntax: str) -> bool:
     """Whether an instance stored in SYNTAX can be rewritten in Explicit VR Little Endian."""
-    if not UID(syntax).is_encapsulated:
+    if not _encapsulated(syntax):
         return True  # native or deflated: pydicom re-encodes it
     try:
         return bool(get_decoder(UID(syntax)).is_available)
@@ -153,7 +161,7 @@ def sent_syntax(instance: Instance, wanted: list[str]) -> str | None:
         if syntax == ANY_SYNTAX:  # PS3.18 8.7.3.5.2: any, so as stored where the web allows
             return EXPLICIT_VR_LITTLE_ENDIAN if stored in NOT_FOR_THE_WEB else stored
         if syntax == DEFAULT_SYNTAX and (
-            stored in LOSSY or (UID(stored).is_encapsulated and _too_long_to_decompress(instance))
+            stored in LOSSY or (_encapsulated(stored) and _too_long_to_decompress(instance))
         ):
             return stored  # PS3.18 8.7.3's exceptions to the default
         if syntax == stored and stored not in NOT_FOR_THE_WEB:
