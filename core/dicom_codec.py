@@ -240,3 +240,74 @@ def p_data(context_id: int, command: bytes, data_set: bytes, max_pdu: int) -> li
         pdata.presentation_data_value_list.append((context_id, item))
         out.append(pdata)
     return out
+
+
+# ---------------------------------------------------------------- DIMSE requests
+
+# The elements of a C-STORE-RQ command set (PS3.7 9.3.1.1, Table 9.3-1), as they are read
+# here: every other element sends the command set to pydicom.
+_STORE_REQUEST_ELEMENTS: dict[int, tuple[str, str]] = {
+    0x00000000: ("CommandGroupLength", "UL"),
+    0x00000002: ("AffectedSOPClassUID", "UI"),
+    0x00000100: ("CommandField", "US"),
+    0x00000110: ("MessageID", "US"),
+    0x00000700: ("Priority", "US"),
+    0x00000800: ("CommandDataSetType", "US"),
+    0x00001000: ("AffectedSOPInstanceUID", "UI"),
+    0x00001030: ("MoveOriginatorApplicationEntityTitle", "AE"),
+    0x00001031: ("MoveOriginatorMessageID", "US"),
+}
+_C_STORE_RQ_FIELD = 0x0001  # PS3.7 E.1-1, Command Field of C-STORE-RQ
+_ELEMENT_HEADER = struct.Struct("<HHI")  # Implicit VR: tag, 4-byte length (PS3.5 7.1.3)
+_US = struct.Struct("<H")
+_UL = struct.Struct("<I")
+
+
+def decode_store_request(data: bytes | bytearray | memoryview) -> dict[str, Any] | None:
+    """The elements of a C-STORE-RQ command set by keyword, valued as pydicom reads them
+    (str for UI and AE, int for US and UL), or None for any other command set or anything
+    unusual (an element not listed, an empty or multiple value, a byte beyond ASCII, tags
+    out of order, a short element), which pydicom then reads.
+
+    Command sets are Implicit VR Little Endian (PS3.7 6.3.1).
+    """
+    view = memoryview(data)
+    end = len(view)
+    offset = 0
+    previous = -1
+    fields: dict[str, Any] = {}
+    while offset < end:
+        if offset + 8 > end:
+            return None
+        group, number, length = _ELEMENT_HEADER.unpack_from(view, offset)
+        tag = group << 16 | number
+        offset += 8
+        known = _STORE_REQUEST_ELEMENTS.get(tag)
+        if known is None or tag <= previous or length == 0 or offset + length > end:
+            return None
+        previous = tag
+        keyword, vr = known
+        raw = view[offset : offset + length]
+        offset += length
+        if vr == "US":
+            if length != 2:
+                return None
+            fields[keyword] = _US.unpack(raw)[0]
+        elif vr == "UL":
+            if length != 4:
+                return None
+            fields[keyword] = _UL.unpack(raw)[0]
+        else:
+            text = bytes(raw)
+            if b"\\" in text or not text.isascii():
+                return None
+            # pydicom: a UI loses its trailing nulls and spaces, an AE its outer spaces.
+            fields[keyword] = (
+                text.decode("ascii").rstrip("\0 ") if vr == "UI" else text.decode("ascii").strip()
+            )
+    if (
+        fields.get("CommandField") != _C_STORE_RQ_FIELD
+        or fields.get("CommandDataSetType", _NO_DATA_SET) == _NO_DATA_SET
+    ):
+        return None
+    return fields

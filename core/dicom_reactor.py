@@ -21,14 +21,20 @@ import os
 import queue
 import select
 import socket
+import struct
 import threading
 import time
+from io import BytesIO
 from typing import Any
 
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom import association as association_module
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import decode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
@@ -42,6 +48,13 @@ from core.listeners import SharedListener
 REACTOR_WAIT = 0.02
 # The most one recv() asks for: a PDU of a few hundred kilobytes comes in a few calls.
 RECV_CHUNK = 1024 * 1024
+# P-DATA-TF PDUs up to this length are read into one buffer allocated up front; a longer
+# claim (a peer ignoring our maximum PDU length) is read by pynetdicom, as bytes arrive.
+DIRECT_PDU_LIMIT = 16 * 1024 * 1024
+_P_DATA_TF = 0x04  # PS3.8 9.3.1, PDU type
+_PDU_HEADER = struct.Struct(">BBL")
+_ITEM_LENGTH = struct.Struct(">L")
+_NO_DATA_SET = 0x0101  # PS3.7 E.1-1, Command Data Set Type
 
 
 class FastAssociationSocket(AssociationSocket):
@@ -54,16 +67,36 @@ class FastAssociationSocket(AssociationSocket):
         if client_socket is not None:
             with contextlib.suppress(OSError):
                 client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._unread = b""
+
+    def unread(self, data: bytes) -> None:
+        """Put DATA back: the next recv() returns it first."""
+        self._unread = data
 
     def recv(self, nr_bytes: int) -> bytearray:
         # Memory is taken as bytes arrive, never up front: a PDU header may lie about
         # its length (a 4 GB claim must not allocate 4 GB).
         buffer = bytearray()
+        if self._unread:
+            buffer += self._unread[:nr_bytes]
+            self._unread = self._unread[nr_bytes:]
         while len(buffer) < nr_bytes:
             chunk = self.socket.recv(min(nr_bytes - len(buffer), RECV_CHUNK))  # type: ignore[union-attr]
             if not chunk:  # the peer closed the connection: return what came
                 break
             buffer += chunk
+        return buffer
+
+    def recv_exactly(self, nr_bytes: int) -> bytearray | None:
+        """NR_BYTES read into one buffer, or None when the peer closes the connection first."""
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        received = 0
+        while received < nr_bytes:
+            count = self.socket.recv_into(view[received:], min(nr_bytes - received, RECV_CHUNK))  # type: ignore[union-attr]
+            if not count:
+                return None
+            received += count
         return buffer
 
 
@@ -78,6 +111,32 @@ class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
         self._assoc.dimse.msg_queue.put((None, None))  # read as "no message": loop goes on
+
+
+class ReceivedData:
+    """A received P-DATA-TF PDU whose presentation data values are views of its buffer."""
+
+    def __init__(self, body: bytearray) -> None:
+        view = memoryview(body)
+        end = len(view)
+        offset = 0
+        self.values: list[tuple[int, memoryview]] = []
+        while offset < end:
+            if offset + 4 > end:
+                raise ValueError("PDV item length beyond the PDU")
+            (item_length,) = _ITEM_LENGTH.unpack_from(view, offset)
+            # PS3.8 9.3.5.1: the context ID and at least the message control header.
+            if item_length < 2 or offset + 4 + item_length > end:
+                raise ValueError("bad PDV item length")
+            self.values.append((view[offset + 4], view[offset + 5 : offset + 4 + item_length]))
+            offset += 4 + item_length
+        if not self.values:
+            raise ValueError("a P-DATA-TF without a PDV item")
+
+    def to_primitive(self) -> P_DATA:
+        primitive = P_DATA()
+        primitive.presentation_data_value_list.extend(self.values)
+        return primitive
 
 
 class FastDUL(DULServiceProvider):
@@ -122,6 +181,49 @@ class FastDUL(DULServiceProvider):
             with contextlib.suppress(BlockingIOError, OSError):
                 os.read(self._wake_read, 4096)
 
+    def _read_pdu_data(self) -> None:
+        """Read a P-DATA-TF PDU (PS3.8 9.3.5) into one buffer and split its PDVs as views of
+        it, without pynetdicom's copies of the data; anything else, and any P-DATA-TF that
+        somebody watches (EVT_DATA_RECV, EVT_PDU_RECV), as pynetdicom does."""
+        sock = self.socket
+        if (
+            not isinstance(sock, FastAssociationSocket)
+            or self.state_machine.current_state != "Sta6"
+            or self.assoc.get_handlers(evt.EVT_DATA_RECV)
+            or self.assoc.get_handlers(evt.EVT_PDU_RECV)
+        ):
+            super()._read_pdu_data()
+            return
+        try:
+            header = bytes(sock.recv(6))
+        except (OSError, TimeoutError):
+            self.event_queue.put("Evt17")  # transport connection closed
+            return
+        if len(header) < 6:
+            self.event_queue.put("Evt17")
+            return
+        pdu_type, _, length = _PDU_HEADER.unpack(header)
+        if pdu_type != _P_DATA_TF or length > DIRECT_PDU_LIMIT:
+            sock.unread(header)
+            super()._read_pdu_data()
+            return
+        try:
+            body = sock.recv_exactly(length)
+        except (OSError, TimeoutError):
+            body = None
+        if body is None:
+            self.event_queue.put("Evt17")
+            return
+        try:
+            pdu = ReceivedData(body)
+        except ValueError:
+            # Malformed items: pynetdicom decodes (and refuses) them as it always has.
+            sock.unread(header + bytes(body))
+            super()._read_pdu_data()
+            return
+        self.event_queue.put("Evt10")  # P-DATA-TF received
+        self._recv_pdu.put(pdu)  # type: ignore[arg-type]  # DT-2 calls its to_primitive()
+
     def run_reactor(self) -> None:
         try:
             super().run_reactor()
@@ -131,9 +233,89 @@ class FastDUL(DULServiceProvider):
                     os.close(fd)
 
 
+class FastMessage(DIMSEMessage):
+    """A DIMSE message being received: a C-STORE-RQ's command set is read directly
+    (core.dicom_codec.decode_store_request) rather than by pydicom, and its data set's
+    fragments, views of the PDUs' buffers, are joined once at the end (pynetdicom grows a
+    BytesIO fragment by fragment, and copies it again when the handler reads it)."""
+
+    fields: dict[str, Any]  # the command set, once a StoreRequest
+    fragments: list[Any]  # the data set's, as they come
+
+    def decode_msg(self, primitive: P_DATA, assoc: Association | None = None) -> bool:
+        if pynetdicom_config.STORE_RECV_CHUNKED_DATASET or not isinstance(primitive, P_DATA):
+            return bool(super().decode_msg(primitive, assoc))
+        # PS3.8 E.2: bit 0 of the message control header, command or data set; bit 1, the
+        # last fragment.
+        for context_id, data in primitive.presentation_data_value_list:
+            control = data[0]
+            if not control & 1:
+                if isinstance(self, StoreRequest):
+                    self.fragments.append(data[1:])
+                    if control & 2:
+                        self.data_set = BytesIO(b"".join(self.fragments))
+                        self.fragments = []
+                        return True
+                    continue
+                self.data_set.write(data[1:])  # type: ignore[union-attr]
+                if control & 2:
+                    return True
+                continue
+            self.encoded_command_set.write(data[1:])
+            if not control & 2:
+                continue
+            self.context_id = context_id
+            fields = dicom_codec.decode_store_request(self.encoded_command_set.getvalue())
+            if fields is not None:
+                self.__class__ = StoreRequest
+                self.fields = fields
+                self.fragments = []
+                continue
+            self.command_set = decode(self.encoded_command_set, True, True)
+            self.__class__ = _MESSAGE_TYPES[int(self.command_set.CommandField)][1]  # type: ignore[assignment]
+            if self.command_set.CommandDataSetType == _NO_DATA_SET:
+                return True
+        return False
+
+
+class StoreRequest(FastMessage, C_STORE_RQ):
+    """A C-STORE-RQ whose command set was read directly: pydicom reads it only if asked."""
+
+    @property  # type: ignore[override]
+    def command_set(self) -> Any:
+        if "_command_set" not in self.__dict__:
+            self.__dict__["_command_set"] = decode(self.encoded_command_set, True, True)
+        return self.__dict__["_command_set"]
+
+    @command_set.setter
+    def command_set(self, value: Any) -> None:
+        self.__dict__["_command_set"] = value
+
+    def message_to_primitive(self) -> C_STORE:
+        """As pynetdicom's, from the elements read directly."""
+        primitive = C_STORE()
+        for keyword, value in self.fields.items():
+            if hasattr(primitive, keyword):
+                setattr(primitive, keyword, value)
+        primitive.DataSet = self.data_set
+        primitive._context_id = self.context_id
+        return primitive
+
+
+StoreRequest.__name__ = StoreRequest.__qualname__ = "C_STORE_RQ"  # pynetdicom reads the name
+
+
 class FastDIMSE(DIMSEServiceProvider):
     """The association reactor's non-blocking look for a message waits a little instead, and
-    responses are written straight to P-DATA (core.dicom_codec) when nobody watches them."""
+    responses are written straight to P-DATA (core.dicom_codec) when nobody watches them;
+    requests are received as FastMessage."""
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        if self.message is None:
+            message = DIMSEMessage()  # its __init__ knows DIMSEMessage and the message types
+            message.__class__ = FastMessage
+            self.message = message
+        super().receive_primitive(primitive)
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         encoded = None

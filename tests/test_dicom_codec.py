@@ -15,6 +15,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import generate_uid
 from pynetdicom import dimse, dimse_messages, service_class
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_MOVE, C_STORE
+from pynetdicom.dsutils import decode as dsutils_decode
 
 from core import dicom_codec
 from tests import dicom_factory as make
@@ -188,3 +189,185 @@ def test_requests_and_odd_responses_are_left_to_pynetdicom() -> None:
     odd.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
     odd.ErrorComment = "Comment in Ω"  # type: ignore[assignment]  # not ASCII: pydicom's
     assert dicom_codec.encode_response(odd) is None
+
+
+# -- C-STORE-RQ command sets, read directly -----------------------------------------------
+
+
+def store_requests() -> list[C_STORE]:
+    """C-STORE requests as modalities and C-MOVE sub-operations send them: UIDs of odd and
+    even lengths, every priority, message IDs at their limits, with and without a move
+    originator."""
+    requests = []
+    for number in range(60):
+        request = C_STORE()
+        request.MessageID = (1, 65535, 2 + number * 997 % 65533)[number % 3]
+        request.AffectedSOPClassUID = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4")[
+            number % 2
+        ]
+        request.AffectedSOPInstanceUID = f"{generate_uid()[:50].rstrip('.')}.{number * 7}"
+        request.Priority = number % 3
+        if number % 4 == 0:
+            request.MoveOriginatorApplicationEntityTitle = ("MOVER", "A", "SIXTEEN_CHARS_AE")[
+                number % 3
+            ]
+            request.MoveOriginatorMessageID = number + 1
+        request.DataSet = BytesIO(make.encoded(make.ct_instance()))
+        requests.append(request)
+    return requests
+
+
+def request_p_data(primitive: Any, max_pdu: int) -> list[Any]:
+    message = dimse_messages.C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    return list(message.encode_msg(1, max_pdu))
+
+
+def received(message: Any, p_data: list[Any]) -> Any:
+    for pdata in p_data:
+        if message.decode_msg(pdata):
+            return message
+    raise AssertionError("the message never completed")
+
+
+def store_parameters(primitive: Any) -> tuple[Any, ...]:
+    return (
+        type(primitive),
+        primitive.MessageID,
+        primitive.AffectedSOPClassUID,
+        primitive.AffectedSOPInstanceUID,
+        primitive.Priority,
+        primitive.MoveOriginatorApplicationEntityTitle,
+        primitive.MoveOriginatorMessageID,
+        primitive._context_id,
+        primitive.DataSet.getvalue(),
+    )
+
+
+def fast_message() -> Any:
+    from core.dicom_reactor import FastMessage
+
+    message = dimse_messages.DIMSEMessage()
+    message.__class__ = FastMessage
+    return message
+
+
+def as_views(p_data: list[Any]) -> list[Any]:
+    """The P-DATA primitives as core.dicom_reactor.ReceivedData makes them: memoryviews."""
+    out = []
+    for pdata in p_data:
+        copy = type(pdata)()
+        copy.presentation_data_value_list.extend(
+            (context_id, memoryview(bytearray(value)))
+            for context_id, value in pdata.presentation_data_value_list
+        )
+        out.append(copy)
+    return out
+
+
+def test_store_request_commands_are_read_as_pydicom_reads_them() -> None:
+    for request in store_requests():
+        command = request_p_data(request, 0)[0].presentation_data_value_list[0][1][1:]
+        by_pydicom = dsutils_decode(BytesIO(command), True, True)
+        expected = {element.keyword: element.value for element in by_pydicom}
+        assert dicom_codec.decode_store_request(command) == expected
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16382, 64])
+def test_store_requests_received_directly_are_those_pynetdicom_receives(max_pdu: int) -> None:
+    from core.dicom_reactor import StoreRequest
+
+    for request in store_requests():
+        p_data = request_p_data(request, max_pdu)
+        theirs = received(dimse_messages.DIMSEMessage(), p_data)
+        ours = received(fast_message(), as_views(p_data))
+        assert isinstance(ours, StoreRequest)  # read directly, not by pydicom
+        assert store_parameters(ours.message_to_primitive()) == store_parameters(
+            theirs.message_to_primitive()
+        )
+        assert ours.command_set == theirs.command_set  # pydicom's reading, when asked for
+
+
+def command_bytes(ds: Dataset) -> bytes:
+    body = pydicom_bytes(ds, implicit=True)
+    length = Dataset()
+    length.CommandGroupLength = len(body)
+    return pydicom_bytes(length, implicit=True) + body
+
+
+def odd_commands() -> list[bytes]:
+    store = C_STORE()
+    store.MessageID, store.Priority = 7, 0
+    store.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    store.AffectedSOPInstanceUID = "1.2.3.4"
+    store.DataSet = BytesIO(b"\x08\x00\x18\x00\x00\x00\x00\x00")
+    message = dimse_messages.C_STORE_RQ()
+    message.primitive_to_message(store)
+    plain = message.command_set
+    extra = Dataset()
+    extra.update(plain)
+    extra.MoveDestination = "SOMEWHERE"  # not an element of C-STORE-RQ
+    no_data = Dataset()
+    no_data.update(plain)
+    no_data.CommandDataSetType = 0x0101
+    two_uids = Dataset()
+    two_uids.update(plain)
+    two_uids.AffectedSOPInstanceUID = ["1.2.3", "1.2.4"]
+    echo = Dataset()
+    echo.AffectedSOPClassUID, echo.CommandField, echo.MessageID = "1.2.840.10008.1.1", 0x0030, 1
+    echo.CommandDataSetType = 0x0101
+    good = command_bytes(plain)
+    not_ascii = good.replace(b"1.2.3.4", b"1.2.3\xe9")
+    return [
+        command_bytes(extra),
+        command_bytes(no_data),
+        command_bytes(two_uids),
+        command_bytes(echo),
+        good[:-3],  # cut inside the last element
+        good[:20] + b"\xff",  # an element header cut short
+        not_ascii,
+    ]
+
+
+def test_other_and_odd_commands_are_left_to_pydicom() -> None:
+    for command in odd_commands():
+        assert dicom_codec.decode_store_request(command) is None, command
+
+
+def test_an_odd_store_request_is_received_as_pynetdicom_receives_it() -> None:
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from core.dicom_reactor import StoreRequest
+
+    command = odd_commands()[2]  # two SOP instance UIDs: pynetdicom takes the first
+    p_data = P_DATA()
+    p_data.presentation_data_value_list.extend(
+        [(1, b"\x03" + command), (1, b"\x02" + b"\x08\x00\x18\x00\x00\x00\x00\x00")]
+    )
+    theirs = received(dimse_messages.DIMSEMessage(), [p_data])
+    ours = received(fast_message(), as_views([p_data]))
+    assert not isinstance(ours, StoreRequest)
+    assert store_parameters(ours.message_to_primitive()) == store_parameters(
+        theirs.message_to_primitive()
+    )
+
+
+def test_p_data_items_are_split_as_pynetdicom_splits_them() -> None:
+    from pynetdicom.pdu import P_DATA_TF
+
+    from core.dicom_reactor import ReceivedData
+
+    request = store_requests()[1]
+    for pdata in request_p_data(request, 16382):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(pdata)
+        encoded = pdu.encode()
+        theirs = P_DATA_TF()
+        theirs.decode(encoded)
+        ours = ReceivedData(bytearray(encoded[6:])).to_primitive()
+        assert [(c, bytes(v)) for c, v in ours.presentation_data_value_list] == [
+            (c, bytes(v)) for c, v in theirs.to_primitive().presentation_data_value_list
+        ]
+    for body in (b"", b"\x00\x00\x00\x05\x01\x03", b"\x00\x00\x00\x01\x01", b"\x00\x00"):
+        with pytest.raises(ValueError):
+            ReceivedData(bytearray(body))  # pynetdicom decodes (and refuses) these itself
