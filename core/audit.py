@@ -19,13 +19,12 @@ from django.db import (
     InterfaceError,
     OperationalError,
     close_old_connections,
-    connections,
     models,
-    router,
 )
 from django.http import HttpRequest
 from django.utils import timezone
 
+from core.db import insert_row
 from core.listeners import wait_drained
 from core.models import AuditEvent
 
@@ -128,7 +127,7 @@ def record(action: str, target: models.Model | None = None, **facts: Unpack[Fact
     A request supplies the actor, channel and address when they are not given.
     """
     event = _build(action, target, **facts)
-    _insert(event)
+    insert_row(event)
     logger.debug("audit: %s", event)
     return event
 
@@ -181,7 +180,7 @@ class _Writer(threading.Thread):
     def _commit(self, event: AuditEvent) -> None:
         for attempt in itertools.count(1):
             try:
-                _insert(event)
+                insert_row(event)
                 return
             except (OperationalError, InterfaceError):
                 logger.exception("audit event waits for the database: %s", event)
@@ -208,36 +207,6 @@ def _writer() -> _Writer:
             atexit.register(writer.flush, 10.0)
             _WRITER.append(writer)
         return _WRITER[0]
-
-
-def _insert(event: AuditEvent) -> None:
-    """INSERT one row in one statement: the listeners audit every association and query,
-    and the ORM's save() costs a millisecond of CPU that a plain INSERT does not."""
-    connection = connections[router.db_for_write(AuditEvent)]
-    columns = [field for field in AuditEvent._meta.concrete_fields if not field.primary_key]
-    values = [
-        field.get_db_prep_save(getattr(event, field.attname), connection) for field in columns
-    ]
-    returning = connection.features.can_return_columns_from_insert
-    statement = _INSERT_SQL.get(connection.alias)
-    if statement is None:
-        quote = connection.ops.quote_name
-        # Names from the model, placeholders for every value: nothing comes from input.
-        statement = (
-            f"INSERT INTO {quote(AuditEvent._meta.db_table)} "  # noqa: S608
-            f"({', '.join(quote(field.column) for field in columns)}) "
-            f"VALUES ({', '.join(['%s'] * len(columns))})"
-            + (f" RETURNING {quote(AuditEvent._meta.pk.column)}" if returning else "")  # type: ignore[union-attr]
-        )
-        _INSERT_SQL[connection.alias] = statement
-    with connection.cursor() as cursor:
-        cursor.execute(statement, values)
-        event.pk = cursor.fetchone()[0] if returning else cursor.lastrowid
-    event._state.adding = False
-    event._state.db = connection.alias
-
-
-_INSERT_SQL: dict[str, str] = {}
 
 
 def record_query(

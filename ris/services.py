@@ -20,6 +20,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 from pydicom.uid import generate_uid
 
 from core import audit
+from core.db import insert_row
 from ris import signals
 from ris.models import (
     AssigningAuthority,
@@ -127,7 +128,7 @@ def register_patient(
     # own inside a caller's transaction (HL7 registers at message rate).
     plan = _plan_identifiers(None, list(data.identifiers))
     with transaction.atomic(savepoint=False):
-        patient.save()
+        insert_row(patient)
         _write_identifiers(patient, plan)
         audit.record(
             audit.Action.CREATE,
@@ -426,7 +427,7 @@ def book_exam(
             accession = _accession_number(day, numbers[counter])
             # A number typed by hand in the generated form could be taken already.
             _check_accession_free(accession)
-        order = Order.objects.create(
+        order = Order(
             accession_number=accession,
             placer_order_number=booking.placer_order_number,
             filler_order_number=accession,
@@ -437,15 +438,17 @@ def book_exam(
             reason=booking.reason,
             created_by=actor,
         )
-        requested = RequestedProcedure.objects.create(
+        insert_row(order)
+        requested = RequestedProcedure(
             order=order,
             requested_procedure_id="1",
             procedure_type=procedure,
             description=procedure.name[:64],
             study_instance_uid=generate_study_instance_uid(),
         )
+        insert_row(requested)
         start = booking.scheduled_start
-        ScheduledProcedureStep.objects.create(
+        step = ScheduledProcedureStep(
             requested_procedure=requested,
             sps_id=f"S{numbers['sps']:09d}",
             modality=procedure.modality,
@@ -457,6 +460,7 @@ def book_exam(
             performing_physician_name=booking.performing_physician_name,
             description=procedure.name[:64],
         )
+        insert_row(step)
         if booking.referring_physician is not None:
             # The referring physician sees the orders they referred, and those patients.
             assign_perm("ris.view_order", booking.referring_physician, order)

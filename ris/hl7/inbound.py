@@ -26,6 +26,7 @@ from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from core import audit
+from core.db import insert_row
 from ris import services
 from ris.hl7 import ack, er7, parsing
 from ris.hl7.models import InboundMessage
@@ -800,7 +801,7 @@ def _receive(
     for name in ("patient_name", "patient_identifiers", "order_numbers"):
         setattr(repeat, name, getattr(original, name))
     repeat.processed_at = timezone.now()
-    repeat.save()
+    insert_row(repeat)
     return original.ack
 
 
@@ -849,7 +850,10 @@ def _process(
         if not savepoint and outcome.code != ack.APPLICATION_ACCEPT:
             raise _Refused(row, outcome, ctx.identifiers)
     reply = _finish(row, header, outcome, ctx)
-    row.save()
+    if row.pk is None:
+        insert_row(row)
+    else:
+        row.save()
     level = logging.INFO if outcome.code == ack.APPLICATION_ACCEPT else logging.WARNING
     logger.log(
         level, "HL7 %s %s: %s %s", row.message_type, row.control_id, outcome.code, outcome.text
