@@ -286,19 +286,13 @@ def index_journal_entries(
             continue
         header = entry.header
         rows.append(
-            {
-                "series_id": cache.series[header.series_instance_uid],
-                "sop_instance_uid": header.sop_instance_uid,
-                "sop_class_uid": header.sop_class_uid,
-                "instance_number": header.instance_number,
-                "number_of_frames": header.number_of_frames,
-                "rows": header.rows,
-                "columns": header.columns,
-                "bits_allocated": header.bits_allocated,
-                "transfer_syntax_uid": entry.transfer_syntax,
-                "file_path": path,
-                "file_size": entry.size,
-            }
+            _instance_row(
+                header,
+                cache.series[header.series_instance_uid],
+                entry.transfer_syntax,
+                path,
+                entry.size,
+            )
         )
     if rows:
         try:
@@ -505,7 +499,23 @@ def _index(
             reconciliation.after_index(study_id, header, new_study=new_study)
     study_id, _ = cache.studies[header.study_instance_uid]
     series_id = cache.series[header.series_instance_uid]
-    row = {
+    row = _instance_row(header, series_id, transfer_syntax, relative, size)
+    if settings.DICOM_DUPLICATE_POLICY == REPLACE and _stored(header.sop_instance_uid):
+        return _reindex(row, study_id, size)
+    if connection.vendor == "postgresql":
+        instance_id = _insert_counted_postgresql(row, study_id, size)
+    else:
+        instance_id = _insert_counted(row, study_id, size)
+    if instance_id is None:
+        raise _AlreadyIndexed
+    return IngestResult(instance_id=instance_id, study_id=study_id)
+
+
+def _instance_row(
+    header: InstanceHeader, series_id: int, transfer_syntax: str, relative: str, size: int
+) -> dict[str, Any]:
+    """The index row of one stored instance, by field name (see _ROW_FIELDS)."""
+    return {
         "series_id": series_id,
         "sop_instance_uid": header.sop_instance_uid,
         "sop_class_uid": header.sop_class_uid,
@@ -518,15 +528,6 @@ def _index(
         "file_path": relative,
         "file_size": size,
     }
-    if settings.DICOM_DUPLICATE_POLICY == REPLACE and _stored(header.sop_instance_uid):
-        return _reindex(row, study_id, size)
-    if connection.vendor == "postgresql":
-        instance_id = _insert_counted_postgresql(row, study_id, size)
-    else:
-        instance_id = _insert_counted(row, study_id, size)
-    if instance_id is None:
-        raise _AlreadyIndexed
-    return IngestResult(instance_id=instance_id, study_id=study_id)
 
 
 def _insert_counted(row: dict[str, Any], study_id: int, size: int) -> int | None:
