@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -104,3 +105,35 @@ def query(level: str, **keys: Any) -> Dataset:
 
 
 STORAGE_CONTEXTS = StoragePresentationContexts
+
+
+@contextmanager
+def study_with_a_wrong_patient_id(instances: int = 2) -> Iterator[tuple[Any, Any]]:
+    """An order, and a study for it sent with a wrong patient id: one open queue item.
+
+    Yields the ReconciliationItem and the order's RequestedProcedure while the archive runs.
+    """
+    from pacs.models import ReconciliationItem
+    from ris import services as ris_services
+    from tests import dicom_factory, factories
+
+    patient = factories.patient(
+        "Testperson",
+        "Alex",
+        birth_date=dt.date(1970, 1, 1),
+        sex="F",
+        identifiers=[ris_services.IdentifierInput("MRN4242", "DEMO")],
+    )
+    requested = factories.order(patient).requested_procedures.get()
+    with running_archive() as port:
+        store(
+            port,
+            dicom_factory.series(
+                instances,
+                study_uid=requested.study_instance_uid,
+                accession=requested.order.accession_number,
+                patient_id="WRONG99",
+                issuer="DEMO",
+            ),
+        )
+        yield ReconciliationItem.objects.get(), requested

@@ -384,16 +384,21 @@ def test_wado_rs_metadata_and_bulk_data(personas, client) -> None:
 # --- WADO-URI ---
 
 
-def test_wado_uri(personas, client) -> None:
-    ds = make.ct_instance()
-    store([ds])
-    query = {
+def _wado_uri_query(ds: Any) -> dict[str, str]:
+    """A WADO-URI request for DS as a DICOM file (PS3.18 9.4)."""
+    return {
         "requestType": "WADO",
         "studyUID": ds.StudyInstanceUID,
         "seriesUID": ds.SeriesInstanceUID,
         "objectUID": ds.SOPInstanceUID,
         "contentType": "application/dicom",
     }
+
+
+def test_wado_uri(personas, client) -> None:
+    ds = make.ct_instance()
+    store([ds])
+    query = _wado_uri_query(ds)
     auth = basic(personas.radiologist)
     response = client.get("/dicomweb/wado", query, **auth)
     assert response.status_code == 200
@@ -412,13 +417,7 @@ def test_wado_uri_default_is_explicit_vr_little_endian(personas, client) -> None
     """PS3.18 9.4.2.4: with no transferSyntax, Explicit VR Little Endian."""
     ds = make.ct_instance(transfer_syntax=ImplicitVRLittleEndian)
     store([ds])
-    query = {
-        "requestType": "WADO",
-        "studyUID": ds.StudyInstanceUID,
-        "seriesUID": ds.SeriesInstanceUID,
-        "objectUID": ds.SOPInstanceUID,
-        "contentType": "application/dicom",
-    }
+    query = _wado_uri_query(ds)
     auth = basic(personas.radiologist)
     got = dataset(_content(client.get("/dicomweb/wado", query, **auth)))
     assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian

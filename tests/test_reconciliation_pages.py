@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,7 +18,7 @@ from pacs.storage import default_storage
 from ris import services as ris_services
 from ris.models import RequestedProcedure
 from tests import dicom_factory, factories
-from tests.archive import running_archive, store
+from tests.archive import running_archive, store, study_with_a_wrong_patient_id
 from tests.personas import Personas
 
 pytestmark = [
@@ -34,26 +33,8 @@ Login = Callable[[Any], Client]
 @pytest.fixture
 def queued(personas: Personas) -> Iterator[tuple[ReconciliationItem, RequestedProcedure]]:
     """An order, and a study for it with a wrong patient id: one open item."""
-    patient = factories.patient(
-        "Testperson",
-        "Alex",
-        birth_date=dt.date(1970, 1, 1),
-        sex="F",
-        identifiers=[ris_services.IdentifierInput("MRN4242", "DEMO")],
-    )
-    requested = factories.order(patient).requested_procedures.get()
-    with running_archive() as port:
-        store(
-            port,
-            dicom_factory.series(
-                2,
-                study_uid=requested.study_instance_uid,
-                accession=requested.order.accession_number,
-                patient_id="WRONG99",
-                issuer="DEMO",
-            ),
-        )
-        yield ReconciliationItem.objects.get(), requested
+    with study_with_a_wrong_patient_id() as found:
+        yield found
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from ris.hl7 import er7
 from ris.hl7.models import Destination, OutboundMessage
 from ris.models import Order, Patient, RequestedProcedure, ScheduledProcedureStep
 from tests import dicom_factory, factories
-from tests.archive import find, query, running_archive, store
+from tests.archive import find, query, running_archive, store, study_with_a_wrong_patient_id
 from tests.dicomweb_util import basic
 from tests.hl7util import MLLPReceiver
 from tests.personas import PASSWORD, Personas
@@ -316,22 +316,8 @@ def test_undo_of_a_link_is_refused_while_the_study_has_a_report(
 ) -> None:
     """The same rule for "link to this order": a report is not left on another's images."""
     settings.RECONCILIATION_REWRITE_DELAY = 0
-    patient = factories.patient(
-        "Testperson", "Alex", identifiers=[ris_services.IdentifierInput("MRN4242", "DEMO")]
-    )
-    requested = factories.order(patient).requested_procedures.get()
-    with running_archive() as port:
-        store(
-            port,
-            dicom_factory.series(
-                1,
-                study_uid=requested.study_instance_uid,
-                accession=requested.order.accession_number,
-                patient_id="WRONG99",
-                issuer="DEMO",
-            ),
-        )
-    item = ReconciliationItem.objects.get()
+    with study_with_a_wrong_patient_id(1) as (item, requested):
+        pass
     reconciliation.link_to_order(item, requested, actor=personas.front_desk)
     study = Study.objects.get(pk=item.study_id)
     reporting.claim_study(study, personas.radiologist)
