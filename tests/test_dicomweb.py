@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy
 import pytest
 from django.conf import settings
 from django.db import connection
@@ -16,6 +17,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
@@ -652,6 +654,31 @@ def test_frames_of_a_multi_frame_instance(personas, client) -> None:
     assert client.get(_frames_url(ds, "0"), **auth).status_code == 400
     assert client.get(_frames_url(ds, "x"), **auth).status_code == 400
     assert client.get(_frames_url(ds, "1"), **basic(personas.patient)).status_code == 404
+
+
+def test_an_instance_stored_big_endian(personas, client) -> None:
+    """Explicit VR Big Endian (retired; PS3.18 8.7.3 keeps it off the web) cannot be
+    rewritten by pydicom: sent as stored for *, refused before any byte otherwise, and
+    its frames sent as little endian words."""
+    ds = make.ct_instance(size=8, transfer_syntax=ExplicitVRBigEndian)
+    store([ds])
+    auth = basic(personas.radiologist)
+    study_url = f"/dicomweb/studies/{ds.StudyInstanceUID}"
+    any_syntax = {"HTTP_ACCEPT": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    [(content_type, body)] = parts(*_typed(client.get(study_url, **any_syntax, **auth)))
+    assert _part_type(content_type) == ("application/dicom", ExplicitVRBigEndian)
+    assert dataset(body) == ds
+    refused = client.get(study_url, **auth)  # the default, Explicit VR Little Endian
+    assert refused.status_code == 406
+    assert ExplicitVRBigEndian in refused.content.decode()
+    [(_, frame)] = parts(*_typed(client.get(_frames_url(ds, "1"), **auth)))
+    assert frame == numpy.frombuffer(ds.PixelData, ">u2").astype("<u2").tobytes()
+    assert frame != ds.PixelData  # as stored, the words are the other way round
+    stored = (1 << int(ds.BitsStored)) - 1  # the values a reader of the stored file sees
+    assert numpy.array_equal(
+        numpy.frombuffer(frame, "<u2").reshape(ds.pixel_array.shape) & stored,
+        ds.pixel_array.astype("<u2") & stored,
+    )
 
 
 def test_an_instance_stored_compressed(personas, client) -> None:

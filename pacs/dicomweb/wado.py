@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
+import numpy
 from django.db.models import QuerySet
 from pydicom import dcmread
 from pydicom.encaps import generate_frames
@@ -136,6 +137,10 @@ def _encapsulated(syntax: str) -> bool:
 
 def decodable(syntax: str) -> bool:
     """Whether an instance stored in SYNTAX can be rewritten in Explicit VR Little Endian."""
+    if syntax == ExplicitVRBigEndian:
+        # pydicom writes values in the byte order they were read in: it refuses to turn a
+        # big endian file into a little endian one, and its words would need swapping.
+        return False
     if not _encapsulated(syntax):
         return True  # native or deflated: pydicom re-encodes it
     try:
@@ -159,7 +164,13 @@ def sent_syntax(instance: Instance, wanted: list[str]) -> str | None:
     stored = instance.transfer_syntax_uid
     for syntax in wanted:
         if syntax == ANY_SYNTAX:  # PS3.18 8.7.3.5.2: any, so as stored where the web allows
-            return EXPLICIT_VR_LITTLE_ENDIAN if stored in NOT_FOR_THE_WEB else stored
+            # A retired big endian file goes as stored: the client took any syntax, and
+            # it cannot be rewritten (decodable).
+            return (
+                EXPLICIT_VR_LITTLE_ENDIAN
+                if stored in NOT_FOR_THE_WEB and decodable(stored)
+                else stored
+            )
         if syntax == DEFAULT_SYNTAX and (
             stored in LOSSY or (_encapsulated(stored) and _too_long_to_decompress(instance))
         ):
@@ -175,8 +186,8 @@ def offered_syntaxes(instance: Instance) -> list[str]:
     """The transfer syntaxes INSTANCE can be sent in, for a 406 to name."""
     stored = instance.transfer_syntax_uid
     offered = [EXPLICIT_VR_LITTLE_ENDIAN] if decodable(stored) else []
-    if stored not in NOT_FOR_THE_WEB and stored not in offered:
-        offered.append(stored)
+    if (stored not in NOT_FOR_THE_WEB or not offered) and stored not in offered:
+        offered.append(stored)  # a big endian file: with transfer-syntax=* only
     return offered
 
 
@@ -247,7 +258,15 @@ def uncompressed_frames(
     size = int(dataset.Rows) * int(dataset.Columns) * samples * bits // 8
     _frame_count(dataset, numbers)
     pixels = dataset.PixelData
-    return [pixels[(number - 1) * size : number * size] for number in numbers]
+    frames = [pixels[(number - 1) * size : number * size] for number in numbers]
+    if dataset.file_meta.TransferSyntaxUID == ExplicitVRBigEndian and bits > 8:
+        # Native big endian words (PS3.5 A.3): frames are sent little endian.
+        word = f"u{bits // 8}"
+        frames = [
+            numpy.frombuffer(frame, dtype=f">{word}").astype(f"<{word}").tobytes()
+            for frame in frames
+        ]
+    return frames
 
 
 # PS3.18 Table 8.7.3-5: the media type of a compressed frame, by transfer syntax.
