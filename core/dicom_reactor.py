@@ -51,6 +51,8 @@ RECV_CHUNK = 1024 * 1024
 # P-DATA-TF PDUs up to this length are read into one buffer allocated up front; a longer
 # claim (a peer ignoring our maximum PDU length) is read by pynetdicom, as bytes arrive.
 DIRECT_PDU_LIMIT = 16 * 1024 * 1024
+# Room for the PDV item headers (6 bytes each) of a PDU at our maximum length.
+_PDV_HEADROOM = 1024
 _P_DATA_TF = 0x04  # PS3.8 9.3.1, PDU type
 _PDU_HEADER = struct.Struct(">BBL")
 _ITEM_LENGTH = struct.Struct(">L")
@@ -181,6 +183,13 @@ class FastDUL(DULServiceProvider):
             with contextlib.suppress(BlockingIOError, OSError):
                 os.read(self._wake_read, 4096)
 
+    def _direct_limit(self) -> int:
+        """The longest P-DATA-TF read into one buffer sized up front: what we told the peer
+        we receive (PS3.8 D.1, plus its PDV item headers), so that a header claiming more
+        and a stalled peer cannot hold more memory than a well-behaved association."""
+        maximum = self.assoc.acceptor.maximum_length or DIRECT_PDU_LIMIT
+        return min(maximum + _PDV_HEADROOM, DIRECT_PDU_LIMIT)
+
     def _read_pdu_data(self) -> None:
         """Read a P-DATA-TF PDU (PS3.8 9.3.5) into one buffer and split its PDVs as views of
         it, without pynetdicom's copies of the data; anything else, and any P-DATA-TF that
@@ -203,7 +212,7 @@ class FastDUL(DULServiceProvider):
             self.event_queue.put("Evt17")
             return
         pdu_type, _, length = _PDU_HEADER.unpack(header)
-        if pdu_type != _P_DATA_TF or length > DIRECT_PDU_LIMIT:
+        if pdu_type != _P_DATA_TF or length > self._direct_limit():
             sock.unread(header)
             super()._read_pdu_data()
             return

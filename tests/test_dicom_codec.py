@@ -371,3 +371,21 @@ def test_p_data_items_are_split_as_pynetdicom_splits_them() -> None:
     for body in (b"", b"\x00\x00\x00\x05\x01\x03", b"\x00\x00\x00\x01\x01", b"\x00\x00"):
         with pytest.raises(ValueError):
             ReceivedData(bytearray(body))  # pynetdicom decodes (and refuses) these itself
+
+
+@pytest.mark.parametrize(
+    ("maximum", "limit"), [(262144, 262144 + 1024), (0, 16 * 1024 * 1024), (None, 16 * 1024 * 1024)]
+)
+def test_a_p_data_longer_than_we_receive_is_not_read_into_a_buffer_sized_up_front(
+    maximum: int | None, limit: int
+) -> None:
+    """A header may claim up to 4 GB and the peer then stall: only a PDU within the length
+    we told the peer (PS3.8 D.1) gets a buffer of its claimed size; a longer one is read by
+    pynetdicom as its bytes arrive."""
+    from types import SimpleNamespace
+
+    from core.dicom_reactor import FastDUL
+
+    dul = object.__new__(FastDUL)
+    dul._assoc = SimpleNamespace(acceptor=SimpleNamespace(maximum_length=maximum))  # type: ignore[assignment]
+    assert dul._direct_limit() == limit
