@@ -416,8 +416,10 @@ def book_exam(
             }
         )
     accession = booking.accession_number.strip()
-    if accession:
-        _check_accession_free(accession)
+    if accession and _accession_taken(accession):
+        raise ValidationError(
+            {"accession_number": f"Accession number {accession} is already used."}
+        )
     # The refusals above come before the first write, so the writes need no savepoint of
     # their own inside a caller's transaction (HL7 books at message rate).
     with transaction.atomic(savepoint=False):
@@ -425,8 +427,10 @@ def book_exam(
         numbers = next_numbers(["sps"] if accession else ["sps", counter])
         if not accession:
             accession = _accession_number(day, numbers[counter])
-            # A number typed by hand in the generated form could be taken already.
-            _check_accession_free(accession)
+            while _accession_taken(accession):
+                # Typed by hand in the generated form: take the next number, not this
+                # one again at every booking of the day.
+                accession = _accession_number(day, next_numbers([counter])[counter])
         order = Order(
             accession_number=accession,
             placer_order_number=booking.placer_order_number,
@@ -471,18 +475,14 @@ def book_exam(
     return order
 
 
-def _check_accession_free(accession: str) -> None:
+def _accession_taken(accession: str) -> bool:
     # Written out: it runs for every booking, and the ORM's query building costs more.
     with connection.cursor() as cursor:
         cursor.execute(
             f'SELECT 1 FROM "{Order._meta.db_table}" WHERE accession_number = %s',  # noqa: S608
             [accession],
         )
-        taken = cursor.fetchone() is not None
-    if taken:
-        raise ValidationError(
-            {"accession_number": f"Accession number {accession} is already used."}
-        )
+        return cursor.fetchone() is not None
 
 
 def _set_order_status(order: Order, status: str, actor: User | None) -> None:

@@ -46,6 +46,16 @@ def test_given_accession_number_is_kept_and_a_duplicate_refused() -> None:
     assert Order.objects.filter(accession_number="EXT123").count() == 1
 
 
+def test_a_generated_number_typed_by_hand_already_is_passed_over() -> None:
+    generated = factories.order().accession_number
+    prefix, day, number = generated[:-11], generated[-11:-5], int(generated[-5:])
+    # The next two numbers of the day were typed by hand for orders from elsewhere.
+    for taken in (number + 1, number + 2):
+        factories.order(accession_number=f"{prefix}{day}{taken:05d}")
+    assert factories.order().accession_number == f"{prefix}{day}{number + 3:05d}"
+    assert factories.order().accession_number == f"{prefix}{day}{number + 4:05d}"
+
+
 def test_a_placer_order_number_names_one_live_order() -> None:
     first = factories.order(placer_order_number="PLC-77")
     with pytest.raises(IntegrityError), transaction.atomic():
