@@ -7,6 +7,7 @@ Every query is one SQL statement, whatever the number of matches.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Iterator
@@ -138,6 +139,8 @@ class SequenceAttribute:
     items: dict[str, str]  # item keyword -> its column of MODEL
     # Rows whose column equals the study's own value are not items (an item column, a study one).
     not_own: tuple[str, str] | None = None
+    # Only rows of MODEL matching this filter are items.
+    only: Q = dataclasses.field(default_factory=Q)
 
 
 SEQUENCE_ATTRIBUTES = {
@@ -154,6 +157,14 @@ SEQUENCE_ATTRIBUTES = {
             item_owner="patient_id",
             items={"PatientID": "value", "IssuerOfPatientID": "issuer__namespace_id"},
             not_own=("value", "dicom_patient_id"),
+            # Record numbers of other hospitals, not national, passport or insurance
+            # numbers: whoever may see a study would otherwise read those too.
+            only=Q(
+                type__in=(
+                    PatientIdentifier.Type.MEDICAL_RECORD,
+                    PatientIdentifier.Type.PATIENT_INTERNAL,
+                )
+            ),
         ),
         # PS3.18 Table 10.6.1-5 (a Series attribute): the order the study was reconciled
         # with, one item per scheduled procedure step of its requested procedure.
@@ -188,7 +199,7 @@ def sequence_condition(keyword: str, values: dict[str, str], level: str) -> Q:
         return conditions
     prefix = _PREFIX[level]["study"]
     items = sequence.model._default_manager.filter(
-        conditions, **{sequence.item_owner: OuterRef(prefix + sequence.owner)}
+        sequence.only, conditions, **{sequence.item_owner: OuterRef(prefix + sequence.owner)}
     )
     if sequence.not_own is not None:
         item_column, study_column = sequence.not_own
@@ -208,7 +219,9 @@ def attach_sequence_items(
     rows: dict[Any, list[dict[str, Any]]] = {}
     if owners:
         found = (
-            sequence.model._default_manager.filter(**{f"{sequence.item_owner}__in": owners})
+            sequence.model._default_manager.filter(
+                sequence.only, **{f"{sequence.item_owner}__in": owners}
+            )
             .order_by(sequence.item_owner, "pk")
             .values(sequence.item_owner, *columns, *extra)
         )

@@ -210,3 +210,25 @@ def test_sequence_matching_takes_a_constant_number_of_queries(
     # No file is opened: the answer comes from the index and the RIS with the files gone.
     shutil.rmtree(Path(settings.STORAGE_DIR))
     assert count() == (7, few)
+
+
+def test_national_passport_and_insurance_numbers_are_not_other_patient_ids(
+    personas: Personas, client: Client, two_patients: tuple[Study, Study]
+) -> None:
+    """Whoever may see a study must not read the patient's national, passport or insurance
+    number through QIDO: only record numbers are Other Patient IDs."""
+    smith, _ = two_patients
+    for value, kind in (("NI-4711", "NI"), ("PPN-4711", "PPN"), ("SS-4711", "SS")):
+        ris_services.add_patient_identifiers(
+            smith.patient, [ris_services.IdentifierInput(value=value, issuer="STATE", type=kind)]
+        )
+    auth = basic(personas.radiologist)
+    for value in ("NI-4711", "PPN-4711", "SS-4711"):
+        found = client.get(f"/dicomweb/studies?OtherPatientIDsSequence.PatientID={value}", **auth)
+        assert _uids(found) == []
+    response = client.get(
+        f"/dicomweb/studies?StudyInstanceUID={smith.study_instance_uid}&includefield=all", **auth
+    )
+    [study] = json.loads(response.content)
+    shown = [item["00100020"]["Value"][0] for item in study[OTHER_PATIENT_IDS]["Value"]]
+    assert shown == ["11235813"]
