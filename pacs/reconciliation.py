@@ -581,6 +581,8 @@ def _withdraw_order(
     reason = "booked after the fact in reconciliation; undone"
     for charge in pending:
         billing.void_charge(charge, reason, actor=actor, source_address=source_address)
+    if order.status == Order.Status.CANCELLED:
+        return  # called off already (by the placer, say): what undo wants is done
     ris_services.cancel_order(
         order, reason, actor=actor, source_address=source_address, booked_in_error=True
     )
@@ -591,7 +593,7 @@ def undo(item: ReconciliationItem, *, actor: Any, source_address: str = "") -> R
     """Put the item's study back as it was before its resolution, and reopen the item.
 
     An order booked after the fact ("mark as unscheduled") is cancelled; refused when that
-    would lose work: a report on the study or the order, a reading under way, a posted charge.
+    would lose work: a report on the study, a reading under way, a posted charge.
     """
     item = ReconciliationItem.objects.select_for_update().select_related("study").get(pk=item.pk)
     if item.status == ReconciliationItem.Status.OPEN:

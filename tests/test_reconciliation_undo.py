@@ -311,6 +311,20 @@ def test_a_voided_charge_no_longer_stands_in_the_way(
     assert _cfind(unscheduled.port, unscheduled.study) == unscheduled.cfind
 
 
+def test_undo_after_the_order_was_called_off_already(
+    unscheduled: Unscheduled, personas: Personas
+) -> None:
+    """The order booked after the fact is called off already (by a person, as booked in
+    error): undo still puts the study back and reopens the item, and cancels nothing twice."""
+    ris_services.cancel_order(unscheduled.order, "booked in error", booked_in_error=True)
+    reconciliation.undo(unscheduled.item, actor=personas.front_desk)
+    assert ReconciliationItem.objects.get(pk=unscheduled.item.pk).status == (
+        ReconciliationItem.Status.OPEN
+    )
+    assert Order.objects.get(pk=unscheduled.order.pk).status == Order.Status.CANCELLED
+    assert _cfind(unscheduled.port, unscheduled.study) == unscheduled.cfind
+
+
 def test_undo_of_a_link_is_refused_while_the_study_has_a_report(
     personas: Personas, settings: Any
 ) -> None:
