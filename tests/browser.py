@@ -7,9 +7,12 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connections
+
+from tests.personas import PASSWORD
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM_FLAGS = [
@@ -62,3 +65,21 @@ def screenshot(page: object, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
     return path
+
+
+def log_in(
+    page: Any,
+    base: str,
+    username: str,
+    *,
+    password: str = PASSWORD,
+    wait_for: str | None = "header nav",
+) -> None:
+    """Log USERNAME in through the login page; then wait for WAIT_FOR (None: do not wait,
+    as after a refused password)."""
+    page.goto(f"{base}/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    if wait_for is not None:
+        page.wait_for_selector(wait_for)

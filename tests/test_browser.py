@@ -7,17 +7,10 @@ from django.utils import timezone
 
 from core.services import sync_roles
 from tests import factories
-from tests.browser import browser_page, screenshot
-from tests.personas import PASSWORD, make_personas
+from tests.browser import browser_page, log_in, screenshot
+from tests.personas import make_personas
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def _log_in(page, base_url: str, username: str, password: str = PASSWORD) -> None:  # type: ignore[no-untyped-def]
-    page.goto(f"{base_url}/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", password)
-    page.click("button[type=submit]")
 
 
 def test_front_desk_logs_in_and_checks_a_patient_in(live_server) -> None:  # type: ignore[no-untyped-def]
@@ -32,10 +25,9 @@ def test_front_desk_logs_in_and_checks_a_patient_in(live_server) -> None:  # typ
     with browser_page() as page:
         page.goto(f"{live_server.url}/ris/today/")
         assert "/login/" in page.url  # an anonymous visitor lands on the login page
-        _log_in(page, live_server.url, "frontdesk", "wrong password")
+        log_in(page, live_server.url, "frontdesk", password="wrong password", wait_for=None)
         assert "didn't match" in page.text_content("main")
-        _log_in(page, live_server.url, "frontdesk")
-        page.wait_for_selector("#schedule")
+        log_in(page, live_server.url, "frontdesk", wait_for="#schedule")
         row = page.locator("#schedule tbody tr", has_text=order.accession_number)
         assert "BROWSERCASE, Robin" in row.text_content()
         assert "Scheduled" in row.text_content()
@@ -57,8 +49,7 @@ def test_admin_sees_the_audit_trail_of_that_day(live_server) -> None:  # type: i
     make_personas()
     factories.patient(family="Auditedcase")
     with browser_page() as page:
-        _log_in(page, live_server.url, "admin")
-        page.wait_for_selector("#audit-events")
+        log_in(page, live_server.url, "admin", wait_for="#audit-events")
         table = page.text_content("#audit-events")
         assert "Log in" in table and "admin" in table
         assert "AUDITEDCASE" in table  # the registration of the patient

@@ -15,22 +15,14 @@ from core.services import sync_roles
 from ris.billing.models import Charge
 from ris.models import AssigningAuthority, Order, RoomHours, Weekday
 from tests import factories
-from tests.browser import browser_page, screenshot
+from tests.browser import browser_page, log_in, screenshot
 from tests.hl7util import MLLPReceiver
 from tests.netutil import wait_until
-from tests.personas import PASSWORD, make_personas
+from tests.personas import make_personas
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 ACCESSION_SHOWN = re.compile(r"accession number (\S+)\.")
-
-
-def _log_in(page: Any, base: str, username: str) -> None:
-    page.goto(f"{base}/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector("header nav")
 
 
 def _log_out(page: Any) -> None:
@@ -53,7 +45,7 @@ def test_register_order_book_check_in_perform_and_post_the_charge(
     base = live_server.url
     with browser_page() as browser:
         page: Any = browser
-        _log_in(page, base, "frontdesk")
+        log_in(page, base, "frontdesk")
 
         page.goto(f"{base}/ris/patients/new/")
         page.fill("#id_family_name", "Flowcase")
@@ -94,7 +86,7 @@ def test_register_order_book_check_in_perform_and_post_the_charge(
         screenshot(page, "flow-3-checked-in")
         _log_out(page)
 
-        _log_in(page, base, "tech")
+        log_in(page, base, "tech")
         page.goto(f"{base}/ris/exams/")
         page.locator("#exams tr", has_text=accession).get_by_role(
             "button", name="Start exam"
@@ -108,7 +100,7 @@ def test_register_order_book_check_in_perform_and_post_the_charge(
         screenshot(page, "flow-4-completed")
         _log_out(page)
 
-        _log_in(page, base, "admin")
+        log_in(page, base, "admin")
         page.goto(f"{base}/billing/")
         charge_row = page.locator("tr", has_text=accession)
         assert "Pending" in charge_row.text_content() and "70450" in charge_row.text_content()

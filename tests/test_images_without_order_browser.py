@@ -10,19 +10,11 @@ import pytest
 from core.services import sync_roles
 from pacs.models import ReconciliationItem
 from tests import dicom_factory
-from tests.browser import browser_page, screenshot
+from tests.browser import browser_page, log_in, screenshot
 from tests.dicomweb_util import store
-from tests.personas import PASSWORD, make_personas
+from tests.personas import make_personas
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def _log_in(page: Any, base: str, username: str) -> None:
-    page.goto(f"{base}/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector("header nav")
 
 
 def test_boards_flag_images_without_an_order(live_server: Any) -> None:
@@ -33,7 +25,7 @@ def test_boards_flag_images_without_an_order(live_server: Any) -> None:
     base = live_server.url
     with browser_page() as browser:
         page: Any = browser
-        _log_in(page, base, "frontdesk")
+        log_in(page, base, "frontdesk")
         page.goto(f"{base}/ris/today/")
         row = page.locator(f'#without-order tr[data-item="{item.pk}"]')  # loaded by htmx
         assert "NOORDER1" in row.text_content()
@@ -44,7 +36,7 @@ def test_boards_flag_images_without_an_order(live_server: Any) -> None:
         page.get_by_role("button", name="Log out").click()
         page.wait_for_url("**/login/")
 
-        _log_in(page, base, "tech")
+        log_in(page, base, "tech")
         page.goto(f"{base}/ris/exams/")
         row = page.locator(f'#without-order tr[data-item="{item.pk}"]')
         assert "NOSUCH" in row.text_content()

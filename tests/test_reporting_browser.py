@@ -17,7 +17,7 @@ from ris.hl7.models import Destination
 from ris.models import RequestedProcedure
 from tests import factories
 from tests.archive import find, query, running_archive
-from tests.browser import browser_page, screenshot
+from tests.browser import browser_page, log_in, screenshot
 from tests.hl7util import MLLPReceiver
 from tests.netutil import wait_until
 from tests.personas import PASSWORD, make_personas, make_user
@@ -28,14 +28,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 # No ORM inside `with browser_page()`: Playwright's greenlet is another context to Django,
 # whose connection would outlive the test and keep the test database from being dropped.
-
-
-def _log_in(page: Any, url: str, username: str) -> None:
-    page.goto(f"{url}/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector("#reading-worklist")
 
 
 @pytest.fixture
@@ -69,8 +61,9 @@ def test_radiologist_claims_reports_from_a_template_and_signs_final(
         first: Any = opened
         second = first.context.browser.new_page(viewport={"width": 1280, "height": 800})  # type: ignore[attr-defined]
         second.set_default_timeout(15_000)
-        _log_in(second, live_server.url, "rad2")  # rad2's list still offers the claim
-        _log_in(first, live_server.url, "rad")
+        # rad2's list still offers the claim
+        log_in(second, live_server.url, "rad2", wait_for="#reading-worklist")
+        log_in(first, live_server.url, "rad", wait_for="#reading-worklist")
 
         first.click(f"{row} button:has-text('Claim')")
         first.wait_for_selector("#report-editor")

@@ -11,17 +11,10 @@ from django.utils import timezone
 from core.services import sync_roles
 from ris.models import Order, RoomHours, ScheduledProcedureStep, Weekday
 from tests import factories
-from tests.browser import browser_page, screenshot
-from tests.personas import PASSWORD, make_personas
+from tests.browser import browser_page, log_in, screenshot
+from tests.personas import make_personas
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def _log_in(page, base_url: str, username: str) -> None:  # type: ignore[no-untyped-def]
-    page.goto(f"{base_url}/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
 
 
 def test_front_desk_books_and_moves_technologist_performs(live_server) -> None:  # type: ignore[no-untyped-def]
@@ -36,7 +29,7 @@ def test_front_desk_books_and_moves_technologist_performs(live_server) -> None: 
     second = factories.order(start=waiting)
     base = live_server.url
     with browser_page() as page:
-        _log_in(page, base, "frontdesk")
+        log_in(page, base, "frontdesk", wait_for=None)
         page.wait_for_selector("#schedule")
         page.goto(f"{base}/ris/calendar/?room={room.pk}&date={today}&order={first.pk}")
         page.wait_for_selector("#calendar-mode")
@@ -64,7 +57,7 @@ def test_front_desk_books_and_moves_technologist_performs(live_server) -> None: 
         page.get_by_role("button", name="Log out").click()
         page.wait_for_url("**/login/")
 
-        _log_in(page, base, "tech")
+        log_in(page, base, "tech", wait_for=None)
         page.wait_for_selector("#exams")
         row = page.locator("#exams tr", has_text=first.accession_number)
         row.get_by_role("button", name="Start exam").click()
