@@ -23,6 +23,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db.models import Model
 from django.utils import timezone
 
 from core import audit
@@ -116,6 +117,13 @@ def _identifier_inputs(identifiers: list[Identifier]) -> list[services.Identifie
     return [services.IdentifierInput(i.value, i.issuer, i.type) for i in identifiers]
 
 
+def _columns(model: type[Model], alias: str = "") -> str:
+    """MODEL's columns by name, for a written-out SELECT: a prepared statement's result
+    keeps its shape when a migration adds a column (SELECT * would fail to run again)."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f'{prefix}"{field.column}"' for field in model._meta.concrete_fields)
+
+
 def _holders(identifiers: list[Identifier]) -> dict[Identifier, Patient]:
     """Return the (surviving) patient holding each of IDENTIFIERS that is known, in one query."""
     if not identifiers:
@@ -127,7 +135,8 @@ def _holders(identifiers: list[Identifier]) -> dict[Identifier, Patient]:
     patient, held = Patient._meta.db_table, PatientIdentifier._meta.db_table
     authority = AssigningAuthority._meta.db_table
     sql = (
-        f'SELECT p.*, a.namespace_id AS held_issuer, i.value AS held_value FROM "{patient}" p '  # noqa: S608
+        f"SELECT {_columns(Patient, 'p')}, a.namespace_id AS held_issuer, "  # noqa: S608
+        f'i.value AS held_value FROM "{patient}" p '
         f'JOIN "{held}" i ON i.patient_id = p.id JOIN "{authority}" a ON a.id = i.issuer_id '
         f"WHERE i.value IN ({', '.join(['%s'] * len(values))}) "
         f"AND a.namespace_id IN ({', '.join(['%s'] * len(namespaces))})"
@@ -312,7 +321,7 @@ def _procedure(order: OrderData) -> ProcedureType:
     # Written out, as the lookups below: they run for every new order, and building them
     # through the ORM cost several times more than running them.
     sql = (
-        f'SELECT * FROM "{ProcedureType._meta.db_table}" '  # noqa: S608
+        f'SELECT {_columns(ProcedureType)} FROM "{ProcedureType._meta.db_table}" '  # noqa: S608
         f"WHERE code IN ({', '.join(['%s'] * len(codes))})"
     )
     procedures = {p.code: p for p in ProcedureType.objects.raw(sql, codes)}
