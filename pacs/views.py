@@ -46,12 +46,15 @@ logger = logging.getLogger(__name__)
 PAGE_SIZE = 50
 
 
-def _refuse(request: HttpRequest, what: str, pk: int | None = None) -> NoReturn:
+def _refuse(
+    request: HttpRequest, what: str, pk: int | None = None, object_type: str = "pacs.study"
+) -> NoReturn:
+    """Audit the refusal of WHAT to this person, and answer 403."""
     audit.record(
         audit.Action.DENIED,
         request=request,
         outcome=audit.Outcome.FAILURE,
-        object_type="pacs.study",
+        object_type=object_type,
         object_id=str(pk) if pk is not None else "",
         detail=what,
     )
@@ -189,15 +192,7 @@ BOARD_FLAG_LIMIT = 10  # the boards list the newest few; the queue has them all
 
 def _require_reconciler(request: HttpRequest, pk: int | None = None) -> None:
     if not selectors.may_reconcile(request.user):
-        audit.record(
-            audit.Action.DENIED,
-            request=request,
-            outcome=audit.Outcome.FAILURE,
-            object_type="pacs.reconciliationitem",
-            object_id=str(pk) if pk is not None else "",
-            detail="reconcile studies",
-        )
-        raise PermissionDenied("You may not reconcile studies.")
+        _refuse(request, "reconcile studies", pk, object_type="pacs.reconciliationitem")
 
 
 def _reconciliation_item(pk: int) -> ReconciliationItem:
@@ -231,14 +226,7 @@ def reconciliation_list(request: HttpRequest) -> HttpResponse:
 def studies_without_order(request: HttpRequest) -> HttpResponse:
     """The boards' flag of studies received with no order: a fragment, refreshed by htmx."""
     if not selectors.may_see_reconciliation_flags(request.user):
-        audit.record(
-            audit.Action.DENIED,
-            request=request,
-            outcome=audit.Outcome.FAILURE,
-            object_type="pacs.reconciliationitem",
-            detail="see studies without an order",
-        )
-        raise PermissionDenied("You may not see studies without an order.")
+        _refuse(request, "see studies without an order", object_type="pacs.reconciliationitem")
     items, count = selectors.studies_without_order(BOARD_FLAG_LIMIT)
     audit.record_query(
         request, "pacs.reconciliationitem", count=len(items), criteria="open, no order found"
