@@ -13,14 +13,14 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 from guardian.models import UserObjectPermission
 from guardian.shortcuts import assign_perm, remove_perm
 from pydicom.uid import generate_uid
 
 from core import audit
-from core.db import insert_row
+from core.db import fetch, insert_row
 from ris import signals
 from ris.models import (
     AssigningAuthority,
@@ -64,15 +64,14 @@ def next_numbers(names: list[str]) -> dict[str, int]:
     # order, so two bookings never wait on each other's second row (no deadlock).
     names = sorted(set(names))
     table = NumberSequence._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f'INSERT INTO "{table}" (name, last_value) VALUES '  # noqa: S608
-            + ", ".join(["(%s, 1)"] * len(names))
-            + f' ON CONFLICT (name) DO UPDATE SET last_value = "{table}".last_value + 1 '
-            "RETURNING name, last_value",
-            names,
-        )
-        return {name: int(value) for name, value in cursor.fetchall()}
+    rows = fetch(
+        f'INSERT INTO "{table}" (name, last_value) VALUES '  # noqa: S608
+        + ", ".join(["(%s, 1)"] * len(names))
+        + f' ON CONFLICT (name) DO UPDATE SET last_value = "{table}".last_value + 1 '
+        "RETURNING name, last_value",
+        names,
+    )
+    return {name: int(value) for name, value in rows}
 
 
 def _accession_counter() -> tuple[str, str]:
@@ -174,9 +173,7 @@ def _plan_identifiers(
         f"ON i.issuer_id = a.id AND i.value IN ({', '.join(['%s'] * len(values))}) "
         f"WHERE a.namespace_id IN ({', '.join(['%s'] * len(namespaces))})"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, *namespaces])
-        rows = cursor.fetchall()
+    rows = fetch(sql, [*values, *namespaces])
     for namespace, issuer_id, pk, value, holder, kind, is_alias in rows:
         issuer = plan.issuers.setdefault(
             namespace, AssigningAuthority(pk=issuer_id, namespace_id=namespace)
@@ -218,11 +215,9 @@ def _write_identifiers(patient: Patient, plan: _IdentifierPlan) -> list[PatientI
             + " RETURNING id"
         )
         params = [v for i in new for v in (i.patient_id, i.value, i.issuer_id, i.type, i.is_alias)]
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            for written, (pk,) in zip(new, cursor.fetchall(), strict=True):
-                written.pk = pk
-                written._state.adding = False
+        for written, (pk,) in zip(new, fetch(sql, params), strict=True):
+            written.pk = pk
+            written._state.adding = False
     return result
 
 
@@ -464,7 +459,8 @@ def book_exam(
             performing_physician_name=booking.performing_physician_name,
             description=procedure.name[:64],
         )
-        insert_row(step)
+        # Nothing asks for the step by id in the booking's transaction (see db.insert_row).
+        insert_row(step, wait=False)
         if booking.referring_physician is not None:
             # The referring physician sees the orders they referred, and those patients.
             assign_perm("ris.view_order", booking.referring_physician, order)
@@ -477,12 +473,12 @@ def book_exam(
 
 def _accession_taken(accession: str) -> bool:
     # Written out: it runs for every booking, and the ORM's query building costs more.
-    with connection.cursor() as cursor:
-        cursor.execute(
+    return bool(
+        fetch(
             f'SELECT 1 FROM "{Order._meta.db_table}" WHERE accession_number = %s',  # noqa: S608
             [accession],
         )
-        return cursor.fetchone() is not None
+    )
 
 
 def _set_order_status(order: Order, status: str, actor: User | None) -> None:

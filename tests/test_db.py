@@ -6,11 +6,13 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from django.db import IntegrityError, transaction
 from django.db.models import Model
+from django.db.transaction import TransactionManagementError
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
-from core.db import insert_row
+from core.db import fetch, insert_row, writes_together
 from pacs.models import DicomNode
 from pacs.selectors import node_cache
 from ris.models import Order, Patient
@@ -64,3 +66,46 @@ def test_a_row_written_already_is_refused() -> None:
     with pytest.raises(ValueError, match="written already"):
         insert_row(patient)
     assert not Patient.objects.filter(family_name="CHANGED").exists()
+
+
+def test_fetch_raises_djangos_errors_and_refuses_a_broken_transaction() -> None:
+    patient = factories.patient()
+    table = Order._meta.db_table
+    insert = f'INSERT INTO "{table}" (accession_number, patient_id) VALUES (%s, %s)'  # noqa: S608
+    order = Order(accession_number="DUP-1", patient=patient)
+    insert_row(order)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        fetch(insert, ["DUP-1", patient.pk])  # the unique accession number
+    with transaction.atomic():
+        with pytest.raises(IntegrityError), transaction.atomic(savepoint=False):
+            assert fetch(f'SELECT 1 FROM "{table}" WHERE id = %s', [order.pk])  # noqa: S608
+            fetch(insert, ["DUP-1", patient.pk])
+        # Django's own rule: nothing more runs in a transaction that met an error.
+        with pytest.raises(TransactionManagementError):
+            fetch("SELECT 1")
+        transaction.set_rollback(True)
+    select = f'SELECT accession_number FROM "{table}" WHERE id = %s'  # noqa: S608
+    assert fetch(select, [order.pk]) == [("DUP-1",)]
+
+
+def test_rows_written_together_are_there_for_the_next_read_and_go_on_an_error() -> None:
+    patient = factories.patient()
+    with transaction.atomic(), writes_together():
+        later = Order(accession_number="LATER-1", patient=patient)
+        insert_row(later, wait=False)
+        assert later.pk is None  # waiting for the next statement
+        # The ORM's next query sends it first, and finds it.
+        assert Order.objects.filter(accession_number="LATER-1").exists()
+        assert later.pk is not None
+        another = Order(accession_number="LATER-2", patient=patient)
+        insert_row(another, wait=False)
+        assert fetch(
+            f'SELECT count(*) FROM "{Order._meta.db_table}" WHERE accession_number = %s',  # noqa: S608
+            ["LATER-2"],
+        ) == [(1,)]
+    with pytest.raises(IntegrityError), transaction.atomic(), writes_together():
+        insert_row(Order(accession_number="LATER-3", patient=patient), wait=False)
+        insert_row(Order(accession_number="LATER-1", patient=patient), wait=False)  # taken
+    # The whole block rolled back: LATER-3, sent with it, is not there either.
+    assert not Order.objects.filter(accession_number="LATER-3").exists()
+    assert Order.objects.filter(accession_number__startswith="LATER-").count() == 2

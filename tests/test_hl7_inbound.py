@@ -10,6 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from core.models import AuditEvent
@@ -614,3 +615,60 @@ def test_a_new_patient_and_its_order_take_a_fixed_number_of_round_trips(
         reply = inbound.receive(orm("RT-ORM", placer="PLC-RT", identifiers=two))
         assert ack_code(reply.decode()) == "AA"
     assert Order.objects.get(placer_order_number="PLC-RT").patient == patient_with("RT-N", "NATION")
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the times psycopg waits for the server's answer (one round trip each)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("counts psycopg's round trips")
+    import psycopg._cursor_base
+    import psycopg.generators
+
+    count = [0]
+    original = psycopg.generators.execute
+
+    def execute(pgconn: Any) -> Any:
+        count[0] += 1
+        return (yield from original(pgconn))
+
+    monkeypatch.setattr(psycopg._cursor_base, "execute", execute)
+    monkeypatch.setattr(psycopg.generators, "execute", execute)
+    return count
+
+
+def test_rows_no_one_reads_back_go_with_the_commit(round_trips: list[int]) -> None:
+    """The audit events, the step and the message row travel with the COMMIT.
+
+    ADT: begin, control id, holders, issuers, patient, identifiers, then audit + message row
+    + commit. ORM: begin, control id, holders, procedure, placer number, counters,
+    accession check, order, requested procedure, then step + audit + message row + commit.
+    """
+    factories.procedure("CTHEAD", "CT")
+    for number in range(4):  # psycopg prepares a statement on its third run: count after
+        two = f"RT2-{number}^^^HOSP^MR~RT2-{number}^^^NATION^NI"
+        round_trips[0] = 0
+        assert ack_code(inbound.receive(adt(f"RT2-A{number}", identifiers=two)).decode()) == "AA"
+        adt_trips = round_trips[0]
+        round_trips[0] = 0
+        reply = inbound.receive(orm(f"RT2-O{number}", placer=f"PLC-RT2-{number}", identifiers=two))
+        assert ack_code(reply.decode()) == "AA"
+        orm_trips = round_trips[0]
+    assert (adt_trips, orm_trips) == (7, 10)
+    order = Order.objects.get(placer_order_number="PLC-RT2-3")
+    # All of it committed: another connection sees the rows that went with the COMMIT.
+    other = connection.copy()
+    try:
+        with other.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM core_auditevent WHERE object_type = 'ris.order' "
+                "AND object_id = %s",
+                [str(order.pk)],
+            )
+            assert cursor.fetchone() == (1,)
+            cursor.execute(
+                "SELECT status FROM hl7_inboundmessage WHERE control_id = %s", ["RT2-O3"]
+            )
+            assert cursor.fetchone() == ("accepted",)
+    finally:
+        other.close()

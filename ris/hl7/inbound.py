@@ -26,7 +26,7 @@ from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Model
 from django.utils import timezone
 
-from core import audit
+from core import audit, db
 from core.db import insert_row
 from ris import services
 from ris.hl7 import ack, er7, parsing
@@ -141,10 +141,10 @@ def _holders(identifiers: list[Identifier]) -> dict[Identifier, Patient]:
         f"WHERE i.value IN ({', '.join(['%s'] * len(values))}) "
         f"AND a.namespace_id IN ({', '.join(['%s'] * len(namespaces))})"
     )
-    # A raw query's extra columns land in each instance's attributes.
+    columns = [f.attname for f in Patient._meta.concrete_fields]
     found = {
-        (vars(row)["held_issuer"], vars(row)["held_value"]): row
-        for row in Patient.objects.raw(sql, [*values, *namespaces])
+        (row[-2], row[-1]): Patient.from_db(connection.alias, columns, row[:-2])
+        for row in db.fetch(sql, [*values, *namespaces])
     }
     return {
         identifier: services.resolve_patient(found[(identifier.issuer, identifier.value)])
@@ -324,7 +324,13 @@ def _procedure(order: OrderData) -> ProcedureType:
         f'SELECT {_columns(ProcedureType)} FROM "{ProcedureType._meta.db_table}" '  # noqa: S608
         f"WHERE code IN ({', '.join(['%s'] * len(codes))})"
     )
-    procedures = {p.code: p for p in ProcedureType.objects.raw(sql, codes)}
+    columns = [f.attname for f in ProcedureType._meta.concrete_fields]
+    procedures = {
+        procedure.code: procedure
+        for procedure in (
+            ProcedureType.from_db(connection.alias, columns, row) for row in db.fetch(sql, codes)
+        )
+    }
     procedure = next((procedures[c] for c in codes if c in procedures), None)
     if procedure is None:
         raise FieldError(
@@ -387,17 +393,16 @@ def _new_order(
         raise parsing.missing("OBR", "a new order (ORC-1 NW) needs its OBR")
     procedure = _procedure(order)
     if order.placer_order_number:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f'SELECT accession_number FROM "{Order._meta.db_table}" '  # noqa: S608
-                "WHERE placer_order_number = %s AND status <> %s",
-                [order.placer_order_number, Order.Status.CANCELLED],
-            )
-            existing = cursor.fetchone()
-        if existing is not None:
+        existing = db.fetch(
+            f'SELECT accession_number FROM "{Order._meta.db_table}" '  # noqa: S608
+            "WHERE placer_order_number = %s AND status <> %s",
+            [order.placer_order_number, Order.Status.CANCELLED],
+        )
+        if existing:
             raise FieldError(
                 order.location("placer_order_number"),
-                f"placer order number {order.placer_order_number!r} is already order {existing[0]}",
+                f"placer order number {order.placer_order_number!r} is already order "
+                f"{existing[0][0]}",
                 ack.DUPLICATE_KEY_IDENTIFIER,
             )
     booking = services.BookingInput(
@@ -729,9 +734,16 @@ def receive(content: bytes, *, peer: str = "") -> bytes:
     except FieldError as exc:
         text, decode_error = content.decode("latin-1"), exc
     attempt, refused = 1, None
+    # The rows no one reads back (audit events, the message's own) go with the COMMIT, in
+    # one round trip, when this transaction is the outermost one.
+    outermost = not connection.in_atomic_block
     while True:
         try:
-            with _one_writer(), transaction.atomic():
+            with (
+                _one_writer(),
+                transaction.atomic(),
+                db.writes_together(commit=outermost),
+            ):
                 reply = _receive(
                     text, header, peer, decode_error, refused, last_attempt=attempt == ATTEMPTS
                 )
@@ -810,7 +822,7 @@ def _receive(
     for name in ("patient_name", "patient_identifiers", "order_numbers"):
         setattr(repeat, name, getattr(original, name))
     repeat.processed_at = timezone.now()
-    insert_row(repeat)
+    insert_row(repeat, wait=False)
     return original.ack
 
 
@@ -822,14 +834,12 @@ def _original(fields: dict[str, Any]) -> InboundMessage | None:
     """
     table = InboundMessage._meta.db_table
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT id FROM {table} WHERE sending_application = %s AND sending_facility = %s"  # noqa: S608
-            f" AND control_id = %s AND duplicate_of_id IS NULL{lock}",
-            [fields["sending_application"], fields["sending_facility"], fields["control_id"]],
-        )
-        found = cursor.fetchone()
-    return InboundMessage.objects.get(pk=found[0]) if found else None
+    found = db.fetch(
+        f"SELECT id FROM {table} WHERE sending_application = %s AND sending_facility = %s"  # noqa: S608
+        f" AND control_id = %s AND duplicate_of_id IS NULL{lock}",
+        [fields["sending_application"], fields["sending_facility"], fields["control_id"]],
+    )
+    return InboundMessage.objects.get(pk=found[0][0]) if found else None
 
 
 def _process(
@@ -860,7 +870,8 @@ def _process(
             raise _Refused(row, outcome, ctx.identifiers)
     reply = _finish(row, header, outcome, ctx)
     if row.pk is None:
-        insert_row(row)
+        # With the commit, inside receive's db.writes_together.
+        insert_row(row, wait=False)
     else:
         row.save()
     level = logging.INFO if outcome.code == ack.APPLICATION_ACCEPT else logging.WARNING
