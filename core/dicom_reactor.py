@@ -24,6 +24,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
 
@@ -40,7 +41,7 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from core import dicom_codec
+from core import dicom_codec, dicom_lean
 from core.listeners import SharedListener
 
 # The longest any loop blocks without new input: timers (ARTIM, idle timeout) and the
@@ -74,6 +75,11 @@ class FastAssociationSocket(AssociationSocket):
     def unread(self, data: bytes) -> None:
         """Put DATA back: the next recv() returns it first."""
         self._unread = data
+
+    @property
+    def ready(self) -> bool:
+        # Bytes put back are ready to read, whatever select() says of the socket.
+        return bool(self._unread) or bool(super().ready)
 
     def recv(self, nr_bytes: int) -> bytearray:
         # Memory is taken as bytes arrive, never up front: a PDU header may lie about
@@ -172,6 +178,8 @@ class FastDUL(DULServiceProvider):
         return bool(super()._is_transport_event())
 
     def _wait_for_input(self) -> None:
+        if getattr(self.socket, "_unread", b""):
+            return  # bytes put back (core.dicom_lean read the A-ASSOCIATE-RQ): no wait
         raw = getattr(self.socket, "socket", None)
         if raw is None or getattr(self.socket, "_is_connected", False) is False:
             return
@@ -365,6 +373,29 @@ class _AcceptorClock:
 
 
 class FastRequestHandler(RequestHandler):
+    """Serves an association that only verifies or queries on this thread (core.dicom_lean);
+    hands any other to pynetdicom, with the bytes of its A-ASSOCIATE-RQ put back."""
+
+    server: FastAssociationServer
+    _prefix = b""
+
+    def handle(self) -> None:
+        if self.server.lean:
+            with contextlib.suppress(OSError):
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self.server.lean_connection(self.request):
+                data = dicom_lean.read_request(self.request, self.server.ae.acse_timeout)
+                if not data:  # closed or silent before a PDU: nothing to answer (PS3.8 9.1.5)
+                    self.server.shutdown_request(self.request)
+                    return
+                request = dicom_lean.lean_request(data, self.server)
+                if request is not None:
+                    dicom_lean.serve(self.server, self.request, self.client_address, request)
+                    return
+            self._prefix = data
+            self.request.settimeout(None)  # pynetdicom's socket is blocking, timed by its DUL
+        super().handle()
+
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         # Swap in the waking providers before the association's threads start.
@@ -373,7 +404,10 @@ class FastRequestHandler(RequestHandler):
         # The timeouts' setters also set the DUL's timers: apply them to the new DUL.
         for attribute in ("acse_timeout", "dimse_timeout", "network_timeout"):
             setattr(assoc, attribute, getattr(assoc, attribute))
-        assoc.set_socket(FastAssociationSocket(assoc, client_socket=self.request))
+        sock = FastAssociationSocket(assoc, client_socket=self.request)
+        if self._prefix:
+            sock.unread(self._prefix)
+        assoc.set_socket(sock)
         return assoc
 
 
@@ -397,14 +431,51 @@ class FastAssociationServer(SharedListener, ThreadedAssociationServer):
     (core.listeners.SharedListener): each process has its own interpreter lock and core.
     """
 
+    # Associations that only verify or query are served by core.dicom_lean, on the accepting
+    # thread: a daemon, as pynetdicom's association threads are, so that a stop never
+    # waits for a peer.
+    lean = True
+    daemon_threads = True
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["request_handler"] = FastRequestHandler
         association_module.time = _AcceptorClock()  # type: ignore[assignment]
         super().__init__(*args, **kwargs)
         self.contexts = _SharedContexts(self.contexts)
+        self._lean_count = 0
+        self._lean_lock = threading.Lock()
+        # Connections being read or served on their accepting thread, closed on shutdown.
+        self._lean_sockets: set[socket.socket] = set()
+
+    def lean_started(self) -> None:
+        with self._lean_lock:
+            self._lean_count += 1
+
+    def lean_ended(self) -> None:
+        with self._lean_lock:
+            self._lean_count -= 1
+
+    @contextlib.contextmanager
+    def lean_connection(self, sock: socket.socket) -> Iterator[None]:
+        with self._lean_lock:
+            self._lean_sockets.add(sock)
+        try:
+            yield
+        finally:
+            with self._lean_lock:
+                self._lean_sockets.discard(sock)
 
     def busy(self) -> int:
-        return len(self.active_associations)
+        return len(self.active_associations) + self._lean_count
+
+    def server_close(self) -> None:
+        """Abort the associations served on accepting threads (as pynetdicom's shutdown
+        aborts its own), so that closing, which waits for those threads, ends at once."""
+        with self._lean_lock:
+            sockets = list(self._lean_sockets)
+        for sock in sockets:
+            dicom_lean.abort_connection(sock)
+        super().server_close()
 
     def service_actions(self) -> None:
         """pynetdicom runs a full gc.collect() every 60 turns of the accept loop, and each

@@ -58,14 +58,21 @@ class _NodeCache:
     def __init__(self) -> None:
         self._nodes: dict[str, DicomNode] = {}
         self._read_at = -NODE_CACHE_SECONDS
+        # Counts clear()s: a read that a clear() overtook (the table changed while it ran)
+        # is used once but not kept, or a node added meanwhile stays unknown for seconds.
+        self._generation = 0
 
     def nodes(self) -> dict[str, DicomNode]:
         if time.monotonic() - self._read_at > NODE_CACHE_SECONDS:
-            self._nodes = {node.ae_title: node for node in DicomNode.objects.all()}
-            self._read_at = time.monotonic()
+            generation = self._generation
+            nodes = {node.ae_title: node for node in DicomNode.objects.all()}
+            if generation == self._generation:
+                self._nodes, self._read_at = nodes, time.monotonic()
+            return nodes
         return self._nodes
 
     def clear(self) -> None:
+        self._generation += 1
         self._read_at = -NODE_CACHE_SECONDS
 
 

@@ -65,19 +65,21 @@ def dcmtk_storescp(ae_title: str, folder: Path) -> Iterator[int]:
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_until(lambda: _listening(port), what="DCMTK storescp listening")
+        # Answering C-ECHO, not just accepting connections: storescp serves one connection
+        # at a time, and a bare probe could still hold it when the archive connects.
+        wait_until(lambda: _answers_echo(port, ae_title), what="DCMTK storescp answering")
         yield port
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+def _answers_echo(port: int, ae_title: str) -> bool:
+    result = subprocess.run(
+        [dcmtk.tool("echoscu"), "-to", "2", "-aec", ae_title, "127.0.0.1", str(port)],
+        capture_output=True,
+    )
+    return result.returncode == 0
 
 
 def _send_study(port: int, folder: Path, count: int = 3, **fields: object) -> list[Path]:

@@ -1,0 +1,555 @@
+"""Associations that only verify or query, served whole on the thread that accepted them.
+
+pynetdicom serves every association with two threads of its own besides the accepting
+one (the association reactor and the DUL reactor), a state machine, and queues between
+them: every PDU crosses threads twice. For C-STORE that pipelining pays (the next PDU is
+read while an instance is written). For the short associations of workstations and
+modalities that only ask (C-ECHO, C-FIND, the worklist), it was nearly all of the work:
+3 to 4 ms of CPU for an echo, where Orthanc takes 0.2.
+
+So an association whose every proposed context is Verification or a FIND model, and that
+asks for no extended negotiation, is served here: the A-ASSOCIATE-RQ is read and
+negotiated (pynetdicom's presentation.negotiate_as_acceptor), then PDUs are read and
+answered in turn (PS3.8 9.3, Annex E) on this one thread. The services themselves are
+still pynetdicom's service classes and this archive's event handlers, unchanged: an
+association object here offers them what they use of pynetdicom's Association. Anything
+else, and anything bound that this path does not trigger (PDU or DIMSE logging, say),
+goes to pynetdicom as before, with the bytes already read handed back to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import socket
+import struct
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from pynetdicom import evt
+from pynetdicom.dimse import _RSP_TO_MESSAGE
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_CANCEL
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at import
+    ModalityWorklistInformationFind,
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+    uid_to_service_class,
+)
+
+from core import dicom_codec
+
+if TYPE_CHECKING:
+    from core.dicom_reactor import FastAssociationServer
+
+logger = logging.getLogger(__name__)
+
+# The SOP classes whose associations are served here: each request is answered before the
+# next is read, and none needs a sub-association or a role of its own.
+LEAN_SOP_CLASSES = frozenset(
+    {
+        str(Verification),
+        str(PatientRootQueryRetrieveInformationModelFind),
+        str(StudyRootQueryRetrieveInformationModelFind),
+        str(ModalityWorklistInformationFind),
+    }
+)
+# The notification events this path triggers; a handler bound to any other sends the
+# association to pynetdicom, which triggers them all.
+LEAN_NOTIFICATIONS = frozenset(
+    {evt.EVT_ACCEPTED, evt.EVT_REJECTED, evt.EVT_RELEASED, evt.EVT_ABORTED}
+)
+# User information sub-items (PS3.7 D.3.3) negotiated here; any other goes to pynetdicom.
+_PLAIN_USER_ITEMS = (
+    MaximumLengthNotification,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+)
+APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"  # PS3.7 A.2.1
+
+# PS3.8 9.3.1: PDU types.
+A_ASSOCIATE_RQ_PDU, A_ASSOCIATE_RJ_PDU, P_DATA_TF_PDU = 0x01, 0x03, 0x04
+A_RELEASE_RQ_PDU, A_RELEASE_RP_PDU, A_ABORT_PDU = 0x05, 0x06, 0x07
+_PDU_HEADER = struct.Struct(">BBI")
+# The longest A-ASSOCIATE-RQ read here; a longer one goes to pynetdicom as it arrives.
+MAX_REQUEST_PDU = 256 * 1024
+# PS3.8 9.3.8, Table 9-26: A-ABORT sources and A-P-ABORT reasons.
+ABORT_SOURCE_USER, ABORT_SOURCE_PROVIDER = 0x00, 0x02
+REASON_UNEXPECTED_PDU = 0x02
+REASON_INVALID_PARAMETER = 0x06
+# PS3.8 9.3.4, Table 9-21: A-ASSOCIATE-RJ result, source and reason.
+REJECTED_PERMANENT, REJECTED_TRANSIENT = 0x01, 0x02
+SOURCE_SERVICE_USER, SOURCE_PRESENTATION = 0x01, 0x03
+CALLING_AE_NOT_RECOGNISED, CALLED_AE_NOT_RECOGNISED = 0x03, 0x07
+LOCAL_LIMIT_EXCEEDED = 0x02
+
+
+class _Closed(Exception):
+    """The peer closed the connection, aborted, or went silent too long."""
+
+
+def read_request(sock: socket.socket, timeout: float | None) -> bytes:
+    """The first PDU of a new connection, whole when it is an A-ASSOCIATE-RQ of a usual
+    size; otherwise as much of it as was read (pynetdicom reads the rest). Empty when the
+    peer sent nothing in time."""
+    sock.settimeout(timeout)
+    try:
+        header = _recv_exactly(sock, 6)
+        pdu_type, _, length = _PDU_HEADER.unpack(header)
+        if pdu_type != A_ASSOCIATE_RQ_PDU or length > MAX_REQUEST_PDU:
+            return header
+        return header + _recv_exactly(sock, length)
+    except (_Closed, OSError):
+        return b""
+
+
+def _recv_exactly(sock: socket.socket, count: int) -> bytes:
+    data = bytearray()
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise _Closed
+        data += chunk
+    return bytes(data)
+
+
+def lean_request(data: bytes, server: FastAssociationServer) -> A_ASSOCIATE | None:
+    """The A-ASSOCIATE-RQ in DATA if this path can serve its association, else None."""
+    if len(data) < 6 or data[0] != A_ASSOCIATE_RQ_PDU:
+        return None
+    for event, handlers in server._handlers.items():
+        if (
+            isinstance(event, evt.NotificationEvent)
+            and handlers
+            and event not in LEAN_NOTIFICATIONS
+        ):
+            return None
+    try:
+        pdu = A_ASSOCIATE_RQ()
+        pdu.decode(data)
+        request = pdu.to_primitive()
+    except Exception:  # pynetdicom decodes it again, and answers what is wrong with it
+        return None
+    if str(request.application_context_name) != APPLICATION_CONTEXT_NAME:
+        return None
+    contexts = request.presentation_context_definition_list
+    if not contexts or any(str(c.abstract_syntax) not in LEAN_SOP_CLASSES for c in contexts):
+        return None
+    if any(not isinstance(item, _PLAIN_USER_ITEMS) for item in request.user_information):
+        return None
+    return request
+
+
+class _User:
+    """What the handlers read of a service user (pynetdicom's ServiceUser)."""
+
+    def __init__(self, ae_title: str, address: str, port: int, maximum_length: int) -> None:
+        self.ae_title = ae_title
+        self.address = address
+        self.port = port
+        self.maximum_length = maximum_length
+        self.primitive: A_ASSOCIATE | None = None
+
+
+class _ACSE:
+    def __init__(self, assoc: LeanAssociation) -> None:
+        self._assoc = assoc
+
+    def is_aborted(self, abort_type: str = "both") -> bool:
+        self._assoc.poll()
+        return self._assoc.is_aborted
+
+    def is_release_requested(self) -> bool:
+        self._assoc.poll()
+        return self._assoc.release_requested
+
+
+class _DIMSE:
+    """Sends responses; C-CANCEL requests that arrived meanwhile are read when asked for."""
+
+    def __init__(self, assoc: LeanAssociation) -> None:
+        self._assoc = assoc
+        self._cancel_req: dict[int, C_CANCEL] = {}
+
+    @property
+    def cancel_req(self) -> dict[int, C_CANCEL]:
+        self._assoc.poll()
+        return self._cancel_req
+
+    @cancel_req.setter
+    def cancel_req(self, value: dict[int, C_CANCEL]) -> None:
+        self._cancel_req = value
+
+    @property
+    def maximum_pdu_size(self) -> int:
+        return self._assoc.requestor.maximum_length
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        encoded = dicom_codec.encode_response(primitive)
+        if encoded is not None:
+            command, data_set = encoded
+            values = dicom_codec.p_data(context_id, command, data_set, self.maximum_pdu_size)
+        else:  # a response the direct writer does not know: pynetdicom's encoder
+            message = _RSP_TO_MESSAGE[primitive.__class__]()
+            message.primitive_to_message(primitive)
+            values = list(message.encode_msg(context_id, self.maximum_pdu_size))
+        self._assoc.send(b"".join(_p_data_tf(value) for value in values))
+
+
+def _p_data_tf(primitive: Any) -> bytes:
+    """A P-DATA-TF PDU (PS3.8 9.3.5) of the presentation data values of PRIMITIVE."""
+    items = b"".join(
+        struct.pack(">IB", len(value) + 1, context_id) + bytes(value)
+        for context_id, value in primitive.presentation_data_value_list
+    )
+    return _PDU_HEADER.pack(P_DATA_TF_PDU, 0, len(items)) + items
+
+
+class LeanAssociation:
+    """One association served on the accepting thread: what pynetdicom's service classes and
+    the archive's handlers use of an Association, and the loop that reads and answers."""
+
+    is_acceptor = True
+    is_requestor = False
+    mode = "acceptor"
+
+    def __init__(
+        self,
+        server: FastAssociationServer,
+        sock: socket.socket,
+        client_address: Any,
+        request: A_ASSOCIATE,
+    ) -> None:
+        ae = server.ae
+        self._server = server
+        self._socket = sock
+        self.ae = ae
+        self.name = f"LeanAcceptor@{threading.get_ident()}"
+        self.requestor = _User(
+            str(request.calling_ae_title).strip(),
+            str(client_address[0]),
+            int(client_address[1]),
+            _maximum_length(request),
+        )
+        self.requestor.primitive = request
+        local = server.server_address
+        self.acceptor = _User(
+            str(server.ae_title).strip(), str(local[0]), int(local[1]), ae.maximum_pdu_size
+        )
+        self.acse = _ACSE(self)
+        self.dimse = _DIMSE(self)
+        self.network_timeout = ae.network_timeout
+        self.dimse_timeout = ae.dimse_timeout
+        self.acse_timeout = ae.acse_timeout
+        self.is_established = False
+        self.is_rejected = False
+        self.is_aborted = False
+        self.is_released = False
+        self.release_requested = False
+        self._sent_release = False
+        self._accepted_cx: dict[int, PresentationContext] = {}
+        self._rejected_cx: list[PresentationContext] = []
+        self._message: DIMSEMessage | None = None
+        # Requests read while another was being answered (the peer did not wait).
+        self._waiting: deque[tuple[Any, int]] = deque()
+        self.abort = self._abort_blocking
+
+    # -- what pynetdicom's Association offers -------------------------------------------
+
+    @property
+    def accepted_contexts(self) -> list[PresentationContext]:
+        return list(self._accepted_cx.values())
+
+    @property
+    def rejected_contexts(self) -> list[PresentationContext]:
+        return list(self._rejected_cx)
+
+    def get_handlers(self, event: Any) -> Any:
+        return self._server.get_handlers(event)
+
+    def _abort_blocking(self, block: bool = True) -> None:
+        if self.is_established or not (self.is_aborted or self.is_released):
+            self._send_abort(ABORT_SOURCE_USER, 0)
+        self._end_aborted()
+
+    _abort_nonblocking = _abort_blocking
+
+    def release(self) -> None:  # an SCP does not request a release: abort as pynetdicom would
+        self.abort()
+
+    # -- the association's life ---------------------------------------------------------
+
+    def serve(self) -> None:
+        """Negotiate, then answer every request until the peer releases or aborts."""
+        try:
+            if not self._negotiate():
+                return
+            self._socket.settimeout(self.network_timeout)
+            while self.is_established:
+                if self._waiting:  # in the order they came, before a release that followed
+                    primitive, context_id = self._waiting.popleft()
+                    self._serve_request(primitive, context_id)
+                elif self.release_requested:
+                    self._release()
+                else:
+                    self._read_one()
+        except _Closed:
+            if self.is_established:
+                logger.info("association with %s closed without release", self.requestor.ae_title)
+                self._end_aborted()
+        finally:
+            self._await_close()
+
+    def _await_close(self) -> None:
+        """Let the peer close the connection first (PS3.8 9.2, Sta13: the requestor closes it
+        once it has the A-RELEASE-RP, A-ASSOCIATE-RJ or A-ABORT), for at most the ARTIM
+        time: the side that closes first keeps the port in TIME_WAIT, and that should be
+        the requestor's ephemeral port, not ours."""
+        with contextlib.suppress(OSError):
+            self._socket.settimeout(self.acse_timeout)
+            while self._socket.recv(65536):
+                pass
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+        self._socket.close()
+
+    def _negotiate(self) -> bool:
+        """Accept or reject the association (PS3.8 7.1.1, as pynetdicom's ACSE does)."""
+        ae = self.ae
+        request = self.requestor.primitive
+        assert request is not None
+        rejection: tuple[int, int, int] | None = None
+        allowed = ae.require_calling_aet
+        if allowed and self.requestor.ae_title not in [title.strip() for title in allowed]:
+            rejection = (REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+        if ae.require_called_aet and str(request.called_ae_title).strip() != self.acceptor.ae_title:
+            rejection = (REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLED_AE_NOT_RECOGNISED)
+        if self._server.busy() > ae.maximum_associations:
+            rejection = (REJECTED_TRANSIENT, SOURCE_PRESENTATION, LOCAL_LIMIT_EXCEEDED)
+        if rejection is not None:
+            logger.info("rejecting association from %s", self.requestor.ae_title)
+            self.send(struct.pack(">BBIBBBB", A_ASSOCIATE_RJ_PDU, 0, 4, 0, *rejection))
+            self.is_rejected = True
+            self._notify(evt.EVT_REJECTED)
+            return False
+        results, _ = negotiate_as_acceptor(
+            request.presentation_context_definition_list, self._server.contexts, {}
+        )
+        self._accepted_cx = {int(c.context_id): c for c in results if c.result == 0x00}  # type: ignore[arg-type]
+        self._rejected_cx = [c for c in results if c.result != 0x00]
+        self.send(self._accept_pdu(request, results))
+        self._notify(evt.EVT_ACCEPTED)
+        self.is_established = True
+        return True
+
+    def _accept_pdu(self, request: A_ASSOCIATE, results: list[PresentationContext]) -> bytes:
+        primitive = A_ASSOCIATE()
+        primitive.application_context_name = APPLICATION_CONTEXT_NAME
+        primitive.calling_ae_title = request.calling_ae_title
+        primitive.called_ae_title = request.called_ae_title
+        primitive.result = 0x00
+        primitive.result_source = 0x01
+        primitive.presentation_context_definition_results_list = results
+        maximum = MaximumLengthNotification()
+        maximum.maximum_length_received = self.ae.maximum_pdu_size
+        implementation = ImplementationClassUIDNotification()
+        implementation.implementation_class_uid = self.ae.implementation_class_uid
+        items: list[Any] = [maximum, implementation]
+        if self.ae.implementation_version_name:
+            version = ImplementationVersionNameNotification()
+            version.implementation_version_name = self.ae.implementation_version_name
+            items.append(version)
+        primitive.user_information = items
+        pdu = A_ASSOCIATE_AC()
+        pdu.from_primitive(primitive)
+        return bytes(pdu.encode())
+
+    def send(self, data: bytes) -> None:
+        try:
+            self._socket.sendall(data)
+        except OSError as exc:
+            raise _Closed from exc
+
+    def poll(self) -> None:
+        """Read what the peer sent meanwhile (a C-CANCEL, a release, an abort), without
+        waiting for more."""
+        while self.is_established and not self.release_requested:
+            try:
+                readable, _, _ = select.select([self._socket], [], [], 0)
+            except (OSError, ValueError):
+                return
+            if not readable:
+                return
+            try:
+                self._read_one(answer=False)
+            except _Closed:
+                self._end_aborted()
+                return
+
+    def _read_one(self, *, answer: bool = True) -> None:
+        """Read one PDU and act on it: a complete request is answered or, with ANSWER false
+        (read while another is answered), kept for later."""
+        pdu_type, body = self._read_pdu()
+        if pdu_type == P_DATA_TF_PDU:
+            self._receive_data(body, answer)
+        elif pdu_type == A_RELEASE_RQ_PDU:
+            self.release_requested = True  # answered once the requests before it are
+        elif pdu_type == A_ABORT_PDU:
+            logger.info("association aborted by %s", self.requestor.ae_title)
+            self._end_aborted()
+        else:
+            logger.warning(
+                "association with %s: unexpected PDU type %#x", self.requestor.ae_title, pdu_type
+            )
+            self._send_abort(ABORT_SOURCE_PROVIDER, REASON_UNEXPECTED_PDU)
+            self._end_aborted()
+
+    def _read_pdu(self) -> tuple[int, bytes]:
+        try:
+            header = _recv_exactly(self._socket, 6)
+            pdu_type, _, length = _PDU_HEADER.unpack(header)
+            if length > self._longest_pdu():
+                self._send_abort(ABORT_SOURCE_PROVIDER, REASON_INVALID_PARAMETER)
+                self._end_aborted()
+                raise _Closed
+            return pdu_type, _recv_exactly(self._socket, length)
+        except (TimeoutError, OSError) as exc:
+            if isinstance(exc, TimeoutError):
+                logger.error(
+                    "network timeout: aborting association with %s", self.requestor.ae_title
+                )
+                self._send_abort(ABORT_SOURCE_PROVIDER, 0)
+                self._end_aborted()
+            raise _Closed from exc
+
+    def _longest_pdu(self) -> int:
+        from core.dicom_reactor import _PDV_HEADROOM, DIRECT_PDU_LIMIT
+
+        maximum = self.ae.maximum_pdu_size or DIRECT_PDU_LIMIT
+        return min(maximum + _PDV_HEADROOM, DIRECT_PDU_LIMIT)
+
+    def _receive_data(self, body: bytes, answer: bool) -> None:
+        from core.dicom_reactor import ReceivedData
+
+        try:
+            values = ReceivedData(bytearray(body)).to_primitive()
+            if self._message is None:
+                self._message = DIMSEMessage()
+            complete = self._message.decode_msg(values)
+        except Exception:
+            logger.warning("association with %s: malformed P-DATA", self.requestor.ae_title)
+            self._send_abort(ABORT_SOURCE_PROVIDER, REASON_INVALID_PARAMETER)
+            self._end_aborted()
+            return
+        if not complete:
+            return
+        message, self._message = self._message, None
+        context_id = int(message.context_id)  # type: ignore[arg-type]
+        try:
+            primitive = message.message_to_primitive()
+        except Exception:
+            logger.warning("association with %s: unreadable DIMSE message", self.requestor.ae_title)
+            self._send_abort(ABORT_SOURCE_PROVIDER, REASON_INVALID_PARAMETER)
+            self._end_aborted()
+            return
+        if isinstance(primitive, C_CANCEL):
+            self.dimse._cancel_req[int(primitive.MessageIDBeingRespondedTo)] = primitive  # type: ignore[arg-type]
+        elif answer:
+            self._serve_request(primitive, context_id)
+        else:
+            self._waiting.append((primitive, context_id))
+
+    def _serve_request(self, primitive: Any, context_id: int) -> None:
+        """Run the service class of the request's SOP class (pynetdicom's _serve_request)."""
+        if not getattr(primitive, "is_valid_request", False):
+            logger.warning(
+                "unexpected %s message from %s", type(primitive).__name__, self.requestor.ae_title
+            )
+            return
+        context = self._accepted_cx.get(context_id)
+        if context is None:
+            logger.info("DIMSE message on an unaccepted context %s: aborting", context_id)
+            self.abort()
+            return
+        try:
+            self.dimse.cancel_req = {}
+            service = uid_to_service_class(primitive.AffectedSOPClassUID)
+            service(self).SCP(primitive, context)  # type: ignore[arg-type]  # duck-typed
+            self.dimse.cancel_req = {}
+        except Exception:
+            logger.exception(
+                "serving %s from %s", type(primitive).__name__, self.requestor.ae_title
+            )
+            self.abort()
+
+    def _release(self) -> None:
+        """Answer A-RELEASE-RQ (PS3.8 9.3.7) and end the association."""
+        self._sent_release = True
+        with contextlib.suppress(_Closed):
+            self.send(_PDU_HEADER.pack(A_RELEASE_RP_PDU, 0, 4) + bytes(4))
+        self.is_established = False
+        self.is_released = True
+        self._notify(evt.EVT_RELEASED)
+
+    def _send_abort(self, source: int, reason: int) -> None:
+        with contextlib.suppress(_Closed):
+            self.send(_PDU_HEADER.pack(A_ABORT_PDU, 0, 4) + bytes([0, 0, source, reason]))
+
+    def _end_aborted(self) -> None:
+        if self.is_aborted or self.is_released:
+            return
+        self.is_established = False
+        self.is_aborted = True
+        self._notify(evt.EVT_ABORTED)
+
+    def _notify(self, event: Any) -> None:
+        """Call the handlers bound to a notification EVENT; their errors are logged, as
+        pynetdicom's trigger does."""
+        handlers: Any = self._server.get_handlers(event) or []
+        if not handlers:
+            return
+        occurrence = evt.Event(self, event, {})  # type: ignore[arg-type]
+        for handler, args in handlers:
+            try:
+                handler(occurrence, *(args or []))
+            except Exception:
+                logger.exception("handler of %s failed", event.name)
+
+
+def _maximum_length(request: A_ASSOCIATE) -> int:
+    for item in request.user_information:
+        if isinstance(item, MaximumLengthNotification):
+            return int(item.maximum_length_received or 0)
+    return 0
+
+
+def abort_connection(sock: socket.socket) -> None:
+    """A-ABORT (PS3.8 9.3.8, from the service provider) and close SOCK, from another thread:
+    its reader wakes with the connection closed."""
+    with contextlib.suppress(OSError):
+        sock.send(_PDU_HEADER.pack(A_ABORT_PDU, 0, 4) + bytes([0, 0, ABORT_SOURCE_PROVIDER, 0]))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def serve(
+    server: FastAssociationServer, sock: socket.socket, client_address: Any, request: A_ASSOCIATE
+) -> None:
+    """Serve the association of REQUEST on this thread, counted as the server's while it runs."""
+    assoc = LeanAssociation(server, sock, client_address, request)
+    server.lean_started()
+    try:
+        assoc.serve()
+    finally:
+        server.lean_ended()
