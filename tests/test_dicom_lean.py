@@ -1,0 +1,204 @@
+"""Associations that only verify or query, served on the accepting thread (core.dicom_lean)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
+
+from bench import replay
+from core import dicom_lean
+from core.dicom_server import ArchiveAE, build_ae, start
+from pacs import dimse, selectors
+from pacs.dimse import STATUS_CANCEL, STATUS_PENDING, STATUS_SUCCESS
+from tests.netutil import DEADLINE
+
+SCP_AE_TITLE = "LEANSCP"
+
+
+@pytest.fixture
+def served_by(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The class of the association object each C-ECHO was answered on."""
+    seen: list[str] = []
+
+    def handle_echo(event: Any) -> int:
+        seen.append(type(event.assoc).__name__)
+        return STATUS_SUCCESS
+
+    monkeypatch.setattr(dimse, "handle_echo", handle_echo)
+    return seen
+
+
+@pytest.fixture
+def server(settings: Any) -> Iterator[tuple[ArchiveAE, int]]:
+    settings.DICOM_SERVICES = [
+        "pacs.dimse.verification_service",
+        "pacs.dimse.query_service",
+        "pacs.dimse.storage_service",
+    ]
+    settings.DICOM_INTAKE_JOURNAL = False
+    settings.DICOM_ACCEPT_UNKNOWN_AE = True
+    ae = build_ae(SCP_AE_TITLE)
+    listener = start(ae, "127.0.0.1", 0, block=False)
+    yield ae, int(listener.server_address[1])
+    ae.shutdown()
+
+
+def _associate(port: int, contexts: list[str], **kwargs: Any) -> Any:
+    scu = AE(ae_title="LEANSCU")
+    scu.acse_timeout = scu.dimse_timeout = scu.network_timeout = DEADLINE
+    for context in contexts:
+        scu.add_requested_context(context)
+    assoc = scu.associate("127.0.0.1", port, ae_title=SCP_AE_TITLE, **kwargs)
+    assert assoc.is_established
+    return assoc
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_echo_association_is_served_lean_and_one_that_may_store_by_pynetdicom(
+    served_by: list[str], server: tuple[ArchiveAE, int]
+) -> None:
+    _, port = server
+    for contexts in ([Verification], [Verification, CTImageStorage]):
+        assoc = _associate(port, contexts)
+        assert assoc.send_c_echo().Status == STATUS_SUCCESS
+        assoc.release()
+    assert served_by == ["LeanAssociation", "Association"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bound_notification_handler_sends_the_association_to_pynetdicom(
+    served_by: list[str], server: tuple[ArchiveAE, int]
+) -> None:
+    ae, port = server
+    seen: list[str] = []
+    ae._servers[0].bind(evt.EVT_DIMSE_RECV, lambda event: seen.append("received"))
+    assoc = _associate(port, [Verification])
+    assoc.send_c_echo()
+    assoc.release()
+    assert served_by == ["Association"] and seen == ["received"]
+
+
+def _study(number: int) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = f"1.2.826.0.1.3680043.8.498.77.{number}"
+    return ds
+
+
+@pytest.mark.django_db(transaction=True)
+def test_c_cancel_stops_a_lean_query(
+    server: tuple[ArchiveAE, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, port = server
+    cancel_sent = threading.Event()
+    total = 2000
+
+    def matches(*args: Any, **kwargs: Any) -> Iterator[Dataset]:
+        yield _study(0)
+        # The rest only once the test has sent C-CANCEL: the handler looks for it before
+        # each, and must see it long before the last.
+        assert cancel_sent.wait(DEADLINE), "the test never sent C-CANCEL"
+        for number in range(1, total):
+            yield _study(number)
+
+    monkeypatch.setattr(selectors, "matches", matches)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    assoc = _associate(port, [StudyRootQueryRetrieveInformationModelFind])
+    responses = assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind, msg_id=9)
+    status, _ = next(responses)
+    assert status.Status == STATUS_PENDING
+    assoc.send_c_cancel(9, None, StudyRootQueryRetrieveInformationModelFind)
+    cancel_sent.set()
+    statuses = [status.Status for status, _ in responses]
+    assoc.release()
+    assert statuses[-1] == STATUS_CANCEL
+    assert len(statuses) < total - 1
+
+
+def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    header = _exactly(sock, 6)
+    pdu_type, _, length = struct.unpack(">BBI", header)
+    return pdu_type, _exactly(sock, length)
+
+
+def _exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        assert chunk, "the server closed the connection"
+        data += chunk
+    return data
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_release_sent_with_the_query_is_answered_after_its_final_response(
+    server: tuple[ArchiveAE, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, port = server
+    monkeypatch.setattr(selectors, "matches", lambda *a, **k: iter([_study(1), _study(2)]))
+    sock, context_id, implicit = replay.associate(
+        port, SCP_AE_TITLE, "LEANSCU", replay.STUDY_ROOT_FIND
+    )
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    command = replay._command(replay.C_FIND_RQ, replay.STUDY_ROOT_FIND, replay.DATA_SET)
+    encoded = replay._encode(query, implicit=implicit)
+    # The peer does not wait for the responses before asking to release (it should).
+    sock.sendall(
+        replay.p_data(context_id, command, command=True)
+        + replay.p_data(context_id, encoded, command=False)
+        + replay.RELEASE_RQ
+    )
+    with sock:
+        # As pynetdicom does: the query stops at the release (at most both matches), its
+        # final response goes out, then the A-RELEASE-RP.
+        assert replay._responses(sock) <= 2
+        assert _read_pdu(sock)[0] == dicom_lean.A_RELEASE_RP_PDU
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_malformed_p_data_aborts_a_lean_association_and_the_server_goes_on(
+    served_by: list[str], server: tuple[ArchiveAE, int]
+) -> None:
+    _, port = server
+    sock, context_id, _ = replay.associate(port, SCP_AE_TITLE, "LEANSCU", replay.VERIFICATION)
+    with sock:
+        # A PDV item claiming more bytes than its PDU holds (PS3.8 9.3.5.1).
+        item = struct.pack(">IB", 500, context_id) + b"\x03" + b"\x00" * 10
+        sock.sendall(struct.pack(">BBI", dicom_lean.P_DATA_TF_PDU, 0, len(item)) + item)
+        pdu_type, body = _read_pdu(sock)
+    assert pdu_type == dicom_lean.A_ABORT_PDU
+    assert body[2] == dicom_lean.ABORT_SOURCE_PROVIDER
+    assert replay.echo(port, SCP_AE_TITLE, "LEANSCU") > 0
+    assert served_by == ["LeanAssociation"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stopping_the_server_aborts_a_connection_that_has_sent_nothing(
+    settings: Any,
+) -> None:
+    settings.DICOM_SERVICES = ["pacs.dimse.verification_service"]
+    ae = build_ae(SCP_AE_TITLE)
+    listener = start(ae, "127.0.0.1", 0, block=False)
+    port = int(listener.server_address[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as silent:
+        # The server has the connection once it answers another association.
+        assert replay.echo(port, SCP_AE_TITLE, "LEANSCU") > 0
+        ae.shutdown()  # the ACSE timeout (30 s) would otherwise hold the silent one
+        data = silent.recv(64)
+    assert data in (b"", struct.pack(">BBIBBBB", dicom_lean.A_ABORT_PDU, 0, 4, 0, 0, 2, 0))
