@@ -2,6 +2,10 @@
 """C-FIND latency: DCMTK findscu against this archive holding 100,000 studies and against
 Orthanc (Debian's package) holding 2,000, for a PatientID match, a name wildcard and a
 date range. Median of repeated queries; findscu's own start-up is measured with echoscu.
+Both servers run at once and each measure alternates between them, so that the machine's
+drift (these machines are shared) weighs on both alike. Then the same associations are
+replayed from this process (bench/replay.py): connect to A-RELEASE-RP, the servers' own
+share without findscu's start-up.
 
     BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/x .venv/bin/python bench/find.py
 
@@ -12,6 +16,7 @@ the index alone); Orthanc's through C-STORE of one small instance per study.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import random
@@ -19,10 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
+import replay
+from pydicom.dataset import Dataset
 
 FAMILY = [
     "Smith",
@@ -172,43 +180,86 @@ def time_command(command: list[str]) -> float:
     return elapsed
 
 
-def measure(name: str, port: int, ae_title: str, repeat: int) -> None:
-    echo = [
-        time_command([common.dcmtk("echoscu"), "-aec", ae_title, "127.0.0.1", str(port)])
-        for _ in range(repeat)
+def _findscu(port: int, ae_title: str, keys: list[str]) -> list[str]:
+    return [
+        common.dcmtk("findscu"),
+        "-S",
+        "-aec",
+        ae_title,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "StudyInstanceUID",
+        "-k",
+        "PatientName",
+        "-k",
+        "PatientID",
+        "-k",
+        "StudyDate",
+        "-k",
+        "AccessionNumber",
+        "-k",
+        "ModalitiesInStudy",
+        "-k",
+        "NumberOfStudyRelatedInstances",
+        *keys,
+        "127.0.0.1",
+        str(port),
     ]
-    print(
-        f"{name:8s} {'echoscu (start-up and association)':42s} "
-        f"median {common.median(echo) * 1000:6.1f} ms"
-    )
+
+
+def _identifier(keys: list[str]) -> Dataset:
+    """The identifier findscu sends for KEYS, for the replayed association."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    for keyword in (
+        "StudyInstanceUID",
+        "PatientName",
+        "PatientID",
+        "StudyDate",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedInstances",
+    ):
+        setattr(ds, keyword, "")
+    for key in keys[1::2]:
+        keyword, value = key.split("=", 1)
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _findscu_timer(keys: list[str]) -> Callable[[int, str], float]:
+    return lambda port, ae: time_command(_findscu(port, ae, keys))
+
+
+def _replay_timer(keys: list[str]) -> Callable[[int, str], float]:
+    return lambda port, ae: replay.find(port, ae, "FINDSCU", _identifier(keys))[0]
+
+
+def measure(servers: dict[str, tuple[int, str]], repeat: int) -> None:
+    """Median latencies for each server, their runs alternated (archive, Orthanc, archive,
+    ...) so that the machine's drift weighs on both alike."""
+    lines: list[tuple[str, str, str]] = []
+    tools: dict[str, Callable[[int, str], float]] = {
+        "echoscu (start-up and association)": lambda port, ae: time_command(
+            [common.dcmtk("echoscu"), "-aec", ae, "127.0.0.1", str(port)]
+        ),
+    }
     for label, keys in QUERIES.items():
-        command = [
-            common.dcmtk("findscu"),
-            "-S",
-            "-aec",
-            ae_title,
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            "StudyInstanceUID",
-            "-k",
-            "PatientName",
-            "-k",
-            "PatientID",
-            "-k",
-            "StudyDate",
-            "-k",
-            "AccessionNumber",
-            "-k",
-            "ModalitiesInStudy",
-            "-k",
-            "NumberOfStudyRelatedInstances",
-            *keys,
-            "127.0.0.1",
-            str(port),
-        ]
-        times = [time_command(command) for _ in range(repeat)]
-        print(f"{name:8s} {label:42s} median {common.median(times) * 1000:6.1f} ms")
+        tools[label] = _findscu_timer(keys)
+    # The server's own share: the same association replayed from a running process.
+    tools["C-ECHO association, replayed"] = lambda port, ae: replay.echo(port, ae, "FINDSCU")
+    for label, keys in QUERIES.items():
+        tools[f"{label.split(' (')[0]}, replayed"] = _replay_timer(keys)
+    for label, tool in tools.items():
+        times: dict[str, list[float]] = {name: [] for name in servers}
+        for _ in range(repeat):
+            for name, (port, ae_title) in servers.items():
+                times[name].append(tool(port, ae_title))
+        for name in servers:
+            lines.append((name, label, f"median {common.median(times[name]) * 1000:6.1f} ms"))
+    for name, label, figure in sorted(lines, key=lambda line: line[0]):
+        print(f"{name:8s} {label:42s} {figure}")
 
 
 def main() -> None:
@@ -227,15 +278,17 @@ def main() -> None:
     fill_archive(env, args.studies)
     print(f"archive holds {args.studies} studies (filled in {time.perf_counter() - started:.0f} s)")
     port = common.free_port()
-    with common.running_archive(env, port):
-        measure("archive", port, common.ARCHIVE_AE, args.repeat)
-    if not args.skip_orthanc:
-        orthanc = common.orthanc_peer_module()
-        dicom_port, http_port = common.free_port(), common.free_port()
-        with orthanc.peer(dicom_port, http_port):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(common.running_archive(env, port))
+        servers = {"archive": (port, common.ARCHIVE_AE)}
+        if not args.skip_orthanc:
+            orthanc = common.orthanc_peer_module()
+            dicom_port, http_port = common.free_port(), common.free_port()
+            stack.enter_context(orthanc.peer(dicom_port, http_port))
             fill_orthanc(dicom_port, args.orthanc_studies, work / "orthanc-files")
             print(f"orthanc holds {args.orthanc_studies} studies")
-            measure("orthanc", dicom_port, "ORTHANC", args.repeat)
+            servers["orthanc"] = (dicom_port, "ORTHANC")
+        measure(servers, args.repeat)
     common.cleanup(work)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,12 +17,11 @@ from typing import Any
 
 from django.db.models import Count, Exists, F, Max, Model, OuterRef, Prefetch, Q, QuerySet, Sum
 from guardian.shortcuts import get_objects_for_user
-from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from core import roles
+from core.dicom_elements import trusted_element
 from core.permissions import can
 from pacs.lookups import wildcard_to_like
 from pacs.models import DicomNode, Instance, ReconciliationItem, Series, Study
@@ -502,21 +502,25 @@ def find(identifier: Dataset, model: str, *, retrieve_ae_title: str) -> Iterator
     )
 
 
+@functools.cache
+def _tag_and_vr(keyword: str) -> tuple[int, str]:
+    return tag_for_keyword(keyword), dictionary_VR(keyword)  # type: ignore[return-value]
+
+
 def response_identifier(records: dict[str, Any], keys: list[str]) -> Dataset:
     """One response identifier holding KEYS read from the index RECORDS of a match."""
     response = Dataset()
+    # KEYS are public keywords, each once (build_query): Dataset.add's checks would pass.
+    elements = response._dict
     non_ascii = False
     for keyword in keys:
         value = index_value(keyword, records)
         value = "" if value is None else value  # every key asked for is answered
-        response.add(
-            DataElement(
-                tag_for_keyword(keyword),  # type: ignore[arg-type]
-                dictionary_VR(keyword),
-                value,
-                validation_mode=pydicom_config.IGNORE,
-            )
-        )
+        tag, vr = _tag_and_vr(keyword)
+        if vr == "SQ":
+            response.add(trusted_element(tag, vr, value))  # a sequence knows its dataset
+        else:
+            elements[tag] = trusted_element(tag, vr, value)  # type: ignore[index]
         if isinstance(value, str) and not value.isascii():
             non_ascii = True
     # PS3.5 6.1.2.3: answer in UTF-8 whenever a value needs more than ASCII.

@@ -29,16 +29,14 @@ from django.db.models import (
 )
 from django.db.models.functions import Concat, Upper
 from django.utils import timezone
-from pydicom import config
 from pydicom.charset import python_encoding
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import UID
-from pydicom.valuerep import PersonName
 
+from core.dicom_elements import trusted_element
 from ris.models import PatientIdentifier, Priority, ScheduledProcedureStep
 from worklist import matching
 from worklist.matching import InvalidMatchingKey
@@ -376,44 +374,14 @@ _ROW_FIELDS = (
 )
 
 
-# Text VRs whose single str value pydicom keeps as it is (LT even with a backslash), and the
-# two it wraps (PN in PersonName, UI in UID): _fast makes these without DataElement's
-# setter, the larger part of an MWL reply's cost (tests/test_worklist_matching.py checks
-# that both ways give equal elements).
-_KEPT_AS_STR = frozenset({"AE", "CS", "DA", "TM", "LO", "SH", "LT"})
-_ELEMENT_TEMPLATES: dict[tuple[int, str], dict[str, Any]] = {}
-
-
-def _fast(tag: int, vr: str, value: Any) -> DataElement:
-    """An element of the RIS's own data, valid by construction: not validated again."""
-    if (
-        type(value) is not str
-        or (vr not in _KEPT_AS_STR and vr not in ("PN", "UI"))
-        or ("\\" in value and vr != "LT")
-        or config.datetime_conversion
-    ):
-        return DataElement(tag, vr, value, validation_mode=config.IGNORE)
-    template = _ELEMENT_TEMPLATES.get((tag, vr))
-    if template is None:
-        made = DataElement(tag, vr, None, validation_mode=config.IGNORE)
-        template = _ELEMENT_TEMPLATES.setdefault((tag, vr), dict(vars(made)))
-    element = object.__new__(DataElement)
-    vars(element).update(template)
-    if vr == "PN":
-        element._value = PersonName(value, validation_mode=config.IGNORE)
-    elif vr == "UI":
-        element._value = UID(value, config.IGNORE)
-    else:
-        element._value = value
-    return element
-
-
 def _code_items(row: Row) -> list[Dataset]:
     """The procedure as a code (Requested Procedure and Scheduled Protocol Code Sequences)."""
     item = Dataset()
-    item.add(_fast(0x00080100, "SH", row[f"{_RP}procedure_type__code"]))  # CodeValue
-    item.add(_fast(0x00080102, "SH", LOCAL_CODING_SCHEME))  # CodingSchemeDesignator
-    item.add(_fast(0x00080104, "LO", row[f"{_RP}procedure_type__name"][:64]))  # CodeMeaning
+    item.add(trusted_element(0x00080100, "SH", row[f"{_RP}procedure_type__code"]))  # CodeValue
+    item.add(trusted_element(0x00080102, "SH", LOCAL_CODING_SCHEME))  # CodingSchemeDesignator
+    item.add(
+        trusted_element(0x00080104, "LO", row[f"{_RP}procedure_type__name"][:64])
+    )  # CodeMeaning
     return [item]
 
 
@@ -585,7 +553,7 @@ def _project(item: Dataset, keys: Dataset) -> Dataset:
         if element.tag in item:
             reply.add(item[element.tag])
         elif not _is_skipped(element.tag):
-            reply.add(_fast(element.tag, element.VR, None))
+            reply.add(trusted_element(element.tag, element.VR, None))
     return reply
 
 
@@ -597,9 +565,9 @@ def _build(row: Row, plan: list[_Key]) -> Dataset:
         if key.vr == "SQ":
             if key.item is not None:
                 value = [_project(item, key.item) for item in value]
-            ds.add(_fast(key.tag, key.vr, value))  # a sequence knows its parent dataset
+            ds.add(trusted_element(key.tag, key.vr, value))  # a sequence knows its parent dataset
         else:
-            elements[key.tag] = _fast(key.tag, key.vr, value)
+            elements[key.tag] = trusted_element(key.tag, key.vr, value)
     return ds
 
 
@@ -664,10 +632,14 @@ class WorklistMatches:
                 continue
             reply = _build(row, query.top)
             if query.sps is not None:
-                reply.add(_fast(SCHEDULED_PROCEDURE_STEP_SEQUENCE, "SQ", [_build(row, query.sps)]))
+                reply.add(
+                    trusted_element(
+                        SCHEDULED_PROCEDURE_STEP_SEQUENCE, "SQ", [_build(row, query.sps)]
+                    )
+                )
             term = reply_character_set(reply, query.character_set)
             if term is not None:
-                reply.add(_fast(SPECIFIC_CHARACTER_SET, "CS", term))
+                reply.add(trusted_element(SPECIFIC_CHARACTER_SET, "CS", term))
             self.count += 1
             yield reply
 
