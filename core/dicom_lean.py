@@ -26,19 +26,14 @@ import socket
 import struct
 import threading
 from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pynetdicom import evt
 from pynetdicom.dimse import _RSP_TO_MESSAGE
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-)
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at import
     ModalityWorklistInformationFind,
@@ -70,12 +65,14 @@ LEAN_SOP_CLASSES = frozenset(
 LEAN_NOTIFICATIONS = frozenset(
     {evt.EVT_ACCEPTED, evt.EVT_REJECTED, evt.EVT_RELEASED, evt.EVT_ABORTED}
 )
-# User information sub-items (PS3.7 D.3.3) negotiated here; any other goes to pynetdicom.
-_PLAIN_USER_ITEMS = (
-    MaximumLengthNotification,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-)
+# PS3.8 9.3.2 and Annex D: the items of an A-ASSOCIATE-RQ read here. User information
+# sub-items other than these (asynchronous operations, role selection, extended
+# negotiation, user identity) send the association to pynetdicom.
+APPLICATION_CONTEXT_ITEM, PRESENTATION_CONTEXT_ITEM, USER_INFORMATION_ITEM = 0x10, 0x20, 0x50
+PRESENTATION_CONTEXT_AC_ITEM = 0x21
+ABSTRACT_SYNTAX_ITEM, TRANSFER_SYNTAX_ITEM = 0x30, 0x40
+MAXIMUM_LENGTH_ITEM, IMPLEMENTATION_CLASS_UID_ITEM, IMPLEMENTATION_VERSION_ITEM = 0x51, 0x52, 0x55
+_ITEM_HEADER = struct.Struct(">BBH")
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"  # PS3.7 A.2.1
 
 # PS3.8 9.3.1: PDU types.
@@ -124,7 +121,17 @@ def _recv_exactly(sock: socket.socket, count: int) -> bytes:
     return bytes(data)
 
 
-def lean_request(data: bytes, server: FastAssociationServer) -> A_ASSOCIATE | None:
+@dataclass
+class AssociateRequest:
+    """What this path reads of an A-ASSOCIATE-RQ (PS3.8 9.3.2)."""
+
+    called_ae_title: bytes
+    calling_ae_title: bytes
+    contexts: list[PresentationContext]
+    maximum_length: int  # PS3.8 D.1: the longest P-DATA-TF the requestor takes; 0, any
+
+
+def lean_request(data: bytes, server: FastAssociationServer) -> AssociateRequest | None:
     """The A-ASSOCIATE-RQ in DATA if this path can serve its association, else None."""
     if len(data) < 6 or data[0] != A_ASSOCIATE_RQ_PDU:
         return None
@@ -136,19 +143,110 @@ def lean_request(data: bytes, server: FastAssociationServer) -> A_ASSOCIATE | No
         ):
             return None
     try:
-        pdu = A_ASSOCIATE_RQ()
-        pdu.decode(data)
-        request = pdu.to_primitive()
-    except Exception:  # pynetdicom decodes it again, and answers what is wrong with it
-        return None
-    if str(request.application_context_name) != APPLICATION_CONTEXT_NAME:
-        return None
-    contexts = request.presentation_context_definition_list
-    if not contexts or any(str(c.abstract_syntax) not in LEAN_SOP_CLASSES for c in contexts):
-        return None
-    if any(not isinstance(item, _PLAIN_USER_ITEMS) for item in request.user_information):
+        request = _read_associate_rq(memoryview(data))
+    except (ValueError, struct.error, UnicodeDecodeError):
+        return None  # pynetdicom reads it again, and answers what is wrong with it
+    if request is None or not request.contexts:
         return None
     return request
+
+
+def _items(data: memoryview) -> Iterator[tuple[int, memoryview]]:
+    offset = 0
+    while offset < len(data):
+        item_type, _, length = _ITEM_HEADER.unpack_from(data, offset)
+        if offset + 4 + length > len(data):
+            raise ValueError("an item longer than its PDU")
+        yield item_type, data[offset + 4 : offset + 4 + length]
+        offset += 4 + length
+
+
+def _uid_of(value: memoryview) -> str:
+    return bytes(value).rstrip(b"\0 ").decode("ascii")
+
+
+def _read_associate_rq(data: memoryview) -> AssociateRequest | None:
+    """Read an A-ASSOCIATE-RQ PDU (PS3.8 9.3.2): None when it holds anything but one
+    application context, presentation contexts of the SOP classes served here, and the
+    plain user information (maximum length, implementation class UID and version)."""
+    (length,) = struct.unpack_from(">I", data, 2)
+    if length != len(data) - 6 or length < 68:
+        raise ValueError("the PDU length does not match")
+    (version,) = struct.unpack_from(">H", data, 6)
+    if not version & 1:  # PS3.8 9.3.2: bit 0, protocol version 1
+        return None
+    contexts: list[PresentationContext] = []
+    maximum_length: int | None = None
+    application_context = ""
+    for item_type, value in _items(data[74:]):
+        if item_type == APPLICATION_CONTEXT_ITEM:
+            application_context = _uid_of(value)
+        elif item_type == PRESENTATION_CONTEXT_ITEM:
+            abstract_syntax, transfer_syntaxes = "", []
+            for sub_type, sub_value in _items(value[4:]):
+                if sub_type == ABSTRACT_SYNTAX_ITEM:
+                    abstract_syntax = _uid_of(sub_value)
+                elif sub_type == TRANSFER_SYNTAX_ITEM:
+                    transfer_syntaxes.append(_uid_of(sub_value))
+                else:
+                    return None
+            if abstract_syntax not in LEAN_SOP_CLASSES or not transfer_syntaxes:
+                return None
+            context = PresentationContext()
+            context.context_id = value[0]
+            context.abstract_syntax = abstract_syntax  # type: ignore[assignment]
+            context.transfer_syntax = transfer_syntaxes  # type: ignore[assignment]
+            contexts.append(context)
+        elif item_type == USER_INFORMATION_ITEM:
+            for sub_type, sub_value in _items(value):
+                if sub_type == MAXIMUM_LENGTH_ITEM:
+                    (maximum_length,) = struct.unpack(">I", sub_value)
+                elif sub_type not in (IMPLEMENTATION_CLASS_UID_ITEM, IMPLEMENTATION_VERSION_ITEM):
+                    return None
+        else:
+            return None
+    if application_context != APPLICATION_CONTEXT_NAME or maximum_length is None:
+        return None  # PS3.7 D.3.3.1: the maximum length is mandatory
+    return AssociateRequest(bytes(data[10:26]), bytes(data[26:42]), contexts, maximum_length)
+
+
+def accept_pdu(
+    request: AssociateRequest,
+    results: list[PresentationContext],
+    maximum_length: int,
+    implementation_class_uid: str,
+    implementation_version_name: str | None,
+) -> bytes:
+    """The A-ASSOCIATE-AC (PS3.8 9.3.3) answering REQUEST with the negotiated RESULTS."""
+
+    def item(item_type: int, value: bytes) -> bytes:
+        return _ITEM_HEADER.pack(item_type, 0, len(value)) + value
+
+    parts = [item(APPLICATION_CONTEXT_ITEM, APPLICATION_CONTEXT_NAME.encode())]
+    for context in results:
+        syntax = context.transfer_syntax[0].encode() if context.transfer_syntax else b""
+        parts.append(
+            item(
+                PRESENTATION_CONTEXT_AC_ITEM,
+                bytes([context.context_id, 0, context.result, 0])  # type: ignore[list-item]
+                + item(TRANSFER_SYNTAX_ITEM, syntax),
+            )
+        )
+    user = item(MAXIMUM_LENGTH_ITEM, struct.pack(">I", maximum_length)) + item(
+        IMPLEMENTATION_CLASS_UID_ITEM, implementation_class_uid.encode()
+    )
+    if implementation_version_name:
+        user += item(IMPLEMENTATION_VERSION_ITEM, implementation_version_name.encode())
+    parts.append(item(USER_INFORMATION_ITEM, user))
+    # Called and calling AE titles as received; the reserved field as pynetdicom sends it.
+    body = (
+        struct.pack(">HH", 1, 0)
+        + request.called_ae_title
+        + request.calling_ae_title
+        + bytes(32)
+        + b"".join(parts)
+    )
+    return _PDU_HEADER.pack(0x02, 0, len(body)) + body
 
 
 class _User:
@@ -159,7 +257,7 @@ class _User:
         self.address = address
         self.port = port
         self.maximum_length = maximum_length
-        self.primitive: A_ASSOCIATE | None = None
+        self.primitive: AssociateRequest | None = None
 
 
 class _ACSE:
@@ -229,7 +327,7 @@ class LeanAssociation:
         server: FastAssociationServer,
         sock: socket.socket,
         client_address: Any,
-        request: A_ASSOCIATE,
+        request: AssociateRequest,
     ) -> None:
         ae = server.ae
         self._server = server
@@ -237,10 +335,10 @@ class LeanAssociation:
         self.ae = ae
         self.name = f"LeanAcceptor@{threading.get_ident()}"
         self.requestor = _User(
-            str(request.calling_ae_title).strip(),
+            request.calling_ae_title.decode("ascii").strip(),
             str(client_address[0]),
             int(client_address[1]),
-            _maximum_length(request),
+            request.maximum_length,
         )
         self.requestor.primitive = request
         local = server.server_address
@@ -333,7 +431,8 @@ class LeanAssociation:
         allowed = ae.require_calling_aet
         if allowed and self.requestor.ae_title not in [title.strip() for title in allowed]:
             rejection = (REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
-        if ae.require_called_aet and str(request.called_ae_title).strip() != self.acceptor.ae_title:
+        called = request.called_ae_title.decode("ascii").strip()
+        if ae.require_called_aet and called != self.acceptor.ae_title:
             rejection = (REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLED_AE_NOT_RECOGNISED)
         if self._server.busy() > ae.maximum_associations:
             rejection = (REJECTED_TRANSIENT, SOURCE_PRESENTATION, LOCAL_LIMIT_EXCEEDED)
@@ -343,37 +442,21 @@ class LeanAssociation:
             self.is_rejected = True
             self._notify(evt.EVT_REJECTED)
             return False
-        results, _ = negotiate_as_acceptor(
-            request.presentation_context_definition_list, self._server.contexts, {}
-        )
+        results, _ = negotiate_as_acceptor(request.contexts, self._server.contexts, {})
         self._accepted_cx = {int(c.context_id): c for c in results if c.result == 0x00}  # type: ignore[arg-type]
         self._rejected_cx = [c for c in results if c.result != 0x00]
-        self.send(self._accept_pdu(request, results))
+        self.send(
+            accept_pdu(
+                request,
+                results,
+                self.ae.maximum_pdu_size,
+                self.ae.implementation_class_uid,
+                self.ae.implementation_version_name,
+            )
+        )
         self._notify(evt.EVT_ACCEPTED)
         self.is_established = True
         return True
-
-    def _accept_pdu(self, request: A_ASSOCIATE, results: list[PresentationContext]) -> bytes:
-        primitive = A_ASSOCIATE()
-        primitive.application_context_name = APPLICATION_CONTEXT_NAME
-        primitive.calling_ae_title = request.calling_ae_title
-        primitive.called_ae_title = request.called_ae_title
-        primitive.result = 0x00
-        primitive.result_source = 0x01
-        primitive.presentation_context_definition_results_list = results
-        maximum = MaximumLengthNotification()
-        maximum.maximum_length_received = self.ae.maximum_pdu_size
-        implementation = ImplementationClassUIDNotification()
-        implementation.implementation_class_uid = self.ae.implementation_class_uid
-        items: list[Any] = [maximum, implementation]
-        if self.ae.implementation_version_name:
-            version = ImplementationVersionNameNotification()
-            version.implementation_version_name = self.ae.implementation_version_name
-            items.append(version)
-        primitive.user_information = items
-        pdu = A_ASSOCIATE_AC()
-        pdu.from_primitive(primitive)
-        return bytes(pdu.encode())
 
     def send(self, data: bytes) -> None:
         try:
@@ -527,13 +610,6 @@ class LeanAssociation:
                 logger.exception("handler of %s failed", event.name)
 
 
-def _maximum_length(request: A_ASSOCIATE) -> int:
-    for item in request.user_information:
-        if isinstance(item, MaximumLengthNotification):
-            return int(item.maximum_length_received or 0)
-    return 0
-
-
 def abort_connection(sock: socket.socket) -> None:
     """A-ABORT (PS3.8 9.3.8, from the service provider) and close SOCK, from another thread:
     its reader wakes with the connection closed."""
@@ -544,7 +620,10 @@ def abort_connection(sock: socket.socket) -> None:
 
 
 def serve(
-    server: FastAssociationServer, sock: socket.socket, client_address: Any, request: A_ASSOCIATE
+    server: FastAssociationServer,
+    sock: socket.socket,
+    client_address: Any,
+    request: AssociateRequest,
 ) -> None:
     """Serve the association of REQUEST on this thread, counted as the server's while it runs."""
     assoc = LeanAssociation(server, sock, client_address, request)

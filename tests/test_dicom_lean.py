@@ -202,3 +202,114 @@ def test_stopping_the_server_aborts_a_connection_that_has_sent_nothing(
         ae.shutdown()  # the ACSE timeout (30 s) would otherwise hold the silent one
         data = silent.recv(64)
     assert data in (b"", struct.pack(">BBIBBBB", dicom_lean.A_ABORT_PDU, 0, 4, 0, 0, 2, 0))
+
+
+def _pynetdicom_accept(request: bytes, results: list[Any], ae: ArchiveAE) -> bytes:
+    """The A-ASSOCIATE-AC pynetdicom's ACSE sends for RESULTS (acse.send_accept)."""
+    from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import (
+        A_ASSOCIATE,
+        ImplementationClassUIDNotification,
+        ImplementationVersionNameNotification,
+        MaximumLengthNotification,
+    )
+
+    pdu = A_ASSOCIATE_RQ()
+    pdu.decode(request)
+    received = pdu.to_primitive()
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = dicom_lean.APPLICATION_CONTEXT_NAME
+    primitive.calling_ae_title = received.calling_ae_title
+    primitive.called_ae_title = received.called_ae_title
+    primitive.result, primitive.result_source = 0x00, 0x01
+    primitive.presentation_context_definition_results_list = results
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = ae.maximum_pdu_size
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = ae.implementation_class_uid
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = ae.implementation_version_name
+    primitive.user_information = [maximum, implementation, version]
+    accept = A_ASSOCIATE_AC()
+    accept.from_primitive(primitive)
+    return bytes(accept.encode())
+
+
+def _request(*contexts: tuple[str, list[str]], user: bytes | None = None) -> bytes:
+    """An A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing CONTEXTS, with USER as its user information."""
+
+    def item(item_type: int, value: bytes) -> bytes:
+        return struct.pack(">BBH", item_type, 0, len(value)) + value
+
+    body = struct.pack(">HH", 1, 0) + b"LEANSCP".ljust(16) + b"LEANSCU".ljust(16) + bytes(32)
+    body += item(0x10, b"1.2.840.10008.3.1.1.1")
+    for number, (abstract_syntax, syntaxes) in enumerate(contexts):
+        value = bytes([2 * number + 1, 0, 0, 0]) + item(0x30, abstract_syntax.encode() + b"\0")
+        value += b"".join(item(0x40, syntax.encode()) for syntax in syntaxes)
+        body += item(0x20, value)
+    if user is None:
+        user = item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.3.4")
+    body += item(0x50, user)
+    return struct.pack(">BBI", 0x01, 0, len(body)) + body
+
+
+IMPLICIT, EXPLICIT, JPEG = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"
+
+
+@pytest.mark.parametrize(
+    "contexts",
+    [
+        [(Verification, [IMPLICIT])],
+        [(StudyRootQueryRetrieveInformationModelFind, [EXPLICIT, IMPLICIT])],
+        [(Verification, [JPEG]), (StudyRootQueryRetrieveInformationModelFind, [EXPLICIT])],
+        # Worklist is not offered by this AE: rejected, abstract syntax not supported.
+        [(Verification, [EXPLICIT]), ("1.2.840.10008.5.1.4.31", [IMPLICIT])],
+    ],
+    ids=["echo", "find", "one-syntax-refused", "one-class-refused"],
+)
+def test_the_request_is_read_and_answered_as_pynetdicom_does(
+    settings: Any, contexts: list[tuple[str, list[str]]]
+) -> None:
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.presentation import negotiate_as_acceptor
+
+    settings.DICOM_SERVICES = ["pacs.dimse.verification_service", "pacs.dimse.query_service"]
+    ae = build_ae(SCP_AE_TITLE)
+    data = _request(*contexts)
+    server = type("Server", (), {"_handlers": {}})()
+    read = dicom_lean.lean_request(data, server)  # type: ignore[arg-type]
+    assert read is not None
+    theirs = A_ASSOCIATE_RQ()
+    theirs.decode(data)
+    proposed = theirs.to_primitive().presentation_context_definition_list
+    assert [(c.context_id, c.abstract_syntax, c.transfer_syntax) for c in read.contexts] == [
+        (c.context_id, c.abstract_syntax, c.transfer_syntax) for c in proposed
+    ]
+    assert read.maximum_length == 16384
+    results, _ = negotiate_as_acceptor(read.contexts, ae.supported_contexts, {})
+    ours = dicom_lean.accept_pdu(
+        read,
+        results,
+        ae.maximum_pdu_size,
+        ae.implementation_class_uid,
+        ae.implementation_version_name,
+    )
+    assert ours == _pynetdicom_accept(data, results, ae)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _request((CTImageStorage, [IMPLICIT])),  # storage: pynetdicom's
+        _request(
+            (Verification, [IMPLICIT]),
+            user=b"\x51\x00\x00\x04\x00\x00\x40\x00" + b"\x54\x00\x00\x05\x00\x01\x01\x01\x01",
+        ),  # role selection
+        _request((Verification, [IMPLICIT]), user=b""),  # no maximum length
+        _request((Verification, [IMPLICIT]))[:-3],  # cut short
+    ],
+    ids=["storage", "role-selection", "no-maximum-length", "truncated"],
+)
+def test_anything_else_goes_to_pynetdicom(data: bytes) -> None:
+    server = type("Server", (), {"_handlers": {}})()
+    assert dicom_lean.lean_request(data, server) is None  # type: ignore[arg-type]
