@@ -29,7 +29,14 @@ _STATEMENTS: dict[tuple[type[models.Model], str], str] = {}
 def fetch(sql: str, params: Sequence[Any] = (), *, using: str = DEFAULT_DB_ALIAS) -> Rows:
     """Run SQL with PARAMS on database USING; return the rows it answers (none: [])."""
     connection = connections[using]
-    _flush(connection)
+    pending = _pending(connection)
+    if pending is not None:
+        if pending.ahead:
+            rows = pending.ahead.pop((sql, tuple(params)), None)
+            if rows is not None:
+                return rows
+            pending.ahead.clear()  # another statement runs: what was read may be stale
+        _flush(connection)
     cursor = _fast_cursor(connection)
     if cursor is None:
         with connection.cursor() as slow:
@@ -115,6 +122,8 @@ class _Pending:
     statements: list[tuple[str, Sequence[Any], Callable[[Rows], None] | None]] = field(
         default_factory=list
     )
+    # Rows read by read_ahead, by statement and parameters, until anything else runs.
+    ahead: dict[tuple[str, tuple[Any, ...]], Rows] = field(default_factory=dict)
 
 
 def _pending(connection: BaseDatabaseWrapper) -> _Pending | None:
@@ -141,21 +150,55 @@ def execute_later(
         if then is not None:
             then(rows)
         return
+    pending.ahead.clear()
     pending.statements.append((sql, params, then))
 
 
+def read_ahead(
+    statements: Sequence[tuple[str, Sequence[Any]]], *, using: str = DEFAULT_DB_ALIAS
+) -> None:
+    """Run STATEMENTS, reads a caller is about to make, together in one round trip.
+
+    Inside `writes_together` on PostgreSQL, `fetch` then answers each of them, with the same
+    parameters, from what was read, as long as nothing else ran or waits to run on the
+    connection meanwhile (then what was read is dropped). Elsewhere it does nothing: a
+    statement read ahead and not asked for costs its run, one asked for and not read ahead
+    runs as usual.
+    """
+    connection = connections[using]
+    pending = _pending(connection)
+    if pending is None or not statements or connection.queries_logged:
+        return
+    if _fast_cursor(connection) is None:
+        return
+    _flush(connection)
+    raw = connection.connection
+    begin = raw.pgconn.transaction_status == _IDLE and not raw.autocommit
+    if begin:
+        # psycopg would send BEGIN on its own and wait for it: it goes with the reads
+        # instead. psycopg is told to leave transactions alone (its autocommit) while this
+        # one is open; Django's commit or rollback ends it as usual, and Django turns
+        # psycopg's autocommit on again at the end of the atomic block anyway.
+        raw.autocommit = True
+    rows_read = _together(connection, statements, begin=begin)
+    for rows, (sql, params) in zip(rows_read, statements, strict=True):
+        pending.ahead[(sql, tuple(params))] = rows
+
+
 @contextmanager
-def writes_together(*, commit: bool = False, using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
+def writes_together(
+    *, commit: bool = False, together: bool = True, using: str = DEFAULT_DB_ALIAS
+) -> Iterator[None]:
     """Within the block, let `execute_later` statements wait for the next statement on USING.
 
     They are sent before any other statement runs (Django's queries included), so no read
     misses them, and at the end of the block. With COMMIT, the block must be the end of the
     outermost atomic block: the statements go with the COMMIT, in one round trip, and
     Django's own commit then finds nothing left to do. An error drops what is waiting: the
-    transaction rolls back.
+    transaction rolls back. Not TOGETHER: each statement runs when it is given, as outside.
     """
     connection = connections[using]
-    if _pending(connection) is not None:  # nested: the outer block sends them
+    if not together or _pending(connection) is not None:  # nested: the outer block sends
         yield
         return
     pending = connection._core_db_pending = _Pending()  # type: ignore[attr-defined]
@@ -171,7 +214,11 @@ def writes_together(*, commit: bool = False, using: str = DEFAULT_DB_ALIAS) -> I
 def _flush_first(
     execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
 ) -> Any:
-    _flush(context["connection"])
+    connection = context["connection"]
+    pending = _pending(connection)
+    if pending is not None:
+        pending.ahead.clear()
+    _flush(connection)
     return execute(sql, params, many, context)
 
 
@@ -190,18 +237,8 @@ def _flush(connection: BaseDatabaseWrapper, *, commit: bool = False) -> None:
             if then is not None:
                 then(rows)
         return
-    # One query string, values bound by psycopg on this side (its quoting): the server
-    # gets the statements, and the COMMIT, in one packet and answers them in one, where a
-    # pipeline sends and waits on each in turn.
-    text = "; ".join(sql for sql, _, _ in statements) + ("; COMMIT" if commit else "")
-    values = [value for _, params, _ in statements for value in params]
-    client = _client_cursor(connection)
-    results: list[Rows] = []
-    with connection.wrap_database_errors:
-        client.execute(text, values)
-        for _ in statements:
-            results.append(client.fetchall() if client.description is not None else [])
-            client.nextset()
+    texts = [(sql, params) for sql, params, _ in statements]
+    results = _together(connection, texts, commit=commit)
     # Django's commit then finds the transaction ended: psycopg sends no COMMIT when none
     # is open.
     for (_, _, then), rows in zip(statements, results, strict=True):
@@ -209,7 +246,38 @@ def _flush(connection: BaseDatabaseWrapper, *, commit: bool = False) -> None:
             then(rows)
 
 
+def _together(
+    connection: BaseDatabaseWrapper,
+    statements: Sequence[tuple[str, Sequence[Any]]],
+    *,
+    begin: bool = False,
+    commit: bool = False,
+) -> list[Rows]:
+    """Run STATEMENTS (after a BEGIN, before a COMMIT) in one round trip on PostgreSQL;
+    return their rows."""
+    # One query string, values bound by psycopg on this side (its quoting): the server gets
+    # the statements in one packet and answers them in one, where a psycopg pipeline sends
+    # and waits on each in turn.
+    text = "; ".join(sql for sql, _ in statements) + ("; COMMIT" if commit else "")
+    if begin:
+        text = "BEGIN; " + text
+    values = [value for _, params in statements for value in params]
+    client = _client_cursor(connection)
+    results: list[Rows] = []
+    with connection.wrap_database_errors:
+        client.execute(text, values)
+        if begin:
+            client.nextset()
+        for _ in statements:
+            results.append(client.fetchall() if client.description is not None else [])
+            client.nextset()
+    return results
+
+
 # ---------------------------------------------------------------- the cursor
+
+
+_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE
 
 
 def _fast_cursor(connection: BaseDatabaseWrapper) -> Any:
@@ -232,12 +300,20 @@ def _fast_cursor(connection: BaseDatabaseWrapper) -> Any:
 
 def _client_cursor(connection: BaseDatabaseWrapper) -> Any:
     """This connection's psycopg ClientCursor: several statements in one query string."""
+    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID  # type: ignore[attr-defined]
+    from django.db.backends.postgresql.psycopg_any import register_tzloader
     from psycopg import ClientCursor
+    from psycopg.pq import Format
 
     raw = connection.connection
     cached = getattr(connection, "_core_db_client_cursor", None)
     if cached is None or cached[0] is not raw:
-        cached = (raw, ClientCursor(raw))
+        cursor = ClientCursor(raw)
+        # As Django's create_cursor: times in the connection's time zone.
+        loader = raw.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT)
+        if connection.timezone != loader.timezone:  # type: ignore[attr-defined]
+            register_tzloader(connection.timezone, cursor)  # type: ignore[attr-defined]
+        cached = (raw, cursor)
         connection._core_db_client_cursor = cached  # type: ignore[attr-defined]
     return cached[1]
 

@@ -20,7 +20,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 from pydicom.uid import generate_uid
 
 from core import audit
-from core.db import fetch, insert_row
+from core.db import execute_later, fetch, insert_row
 from ris import signals
 from ris.models import (
     AssigningAuthority,
@@ -162,18 +162,7 @@ def _plan_identifiers(
     plan = _IdentifierPlan({}, wanted, {})
     if not wanted:
         return plan
-    namespaces = sorted({namespace for namespace, _ in wanted})
-    values = sorted({value for _, value in wanted})
-    authority, held = AssigningAuthority._meta.db_table, PatientIdentifier._meta.db_table
-    # The issuers and, joined to them, the identifiers with any of the values: one round
-    # trip instead of two, and no query building (it runs for every ADT message).
-    sql = (
-        f"SELECT a.namespace_id, a.id, i.id, i.value, i.patient_id, i.type, i.is_alias "  # noqa: S608
-        f'FROM "{authority}" a LEFT JOIN "{held}" i '
-        f"ON i.issuer_id = a.id AND i.value IN ({', '.join(['%s'] * len(values))}) "
-        f"WHERE a.namespace_id IN ({', '.join(['%s'] * len(namespaces))})"
-    )
-    rows = fetch(sql, [*values, *namespaces])
+    rows = fetch(*_identifiers_statement(list(wanted)))
     for namespace, issuer_id, pk, value, holder, kind, is_alias in rows:
         issuer = plan.issuers.setdefault(
             namespace, AssigningAuthority(pk=issuer_id, namespace_id=namespace)
@@ -188,6 +177,29 @@ def _plan_identifiers(
             pk=pk, patient_id=holder, value=value, issuer=issuer, type=kind, is_alias=is_alias
         )
     return plan
+
+
+def identifiers_statement(identifiers: list[IdentifierInput]) -> tuple[str, list[str]]:
+    """The statement registering IDENTIFIERS starts with, for a caller reading it ahead
+    (core.db.read_ahead; the HL7 listener)."""
+    return _identifiers_statement(
+        [(identifier.issuer.strip(), identifier.value.strip()) for identifier in identifiers]
+    )
+
+
+def _identifiers_statement(keys: list[tuple[str, str]]) -> tuple[str, list[str]]:
+    namespaces = sorted({namespace for namespace, _ in keys})
+    values = sorted({value for _, value in keys})
+    authority, held = AssigningAuthority._meta.db_table, PatientIdentifier._meta.db_table
+    # The issuers and, joined to them, the identifiers with any of the values: one round
+    # trip instead of two, and no query building (it runs for every ADT message).
+    sql = (
+        f"SELECT a.namespace_id, a.id, i.id, i.value, i.patient_id, i.type, i.is_alias "  # noqa: S608
+        f'FROM "{authority}" a LEFT JOIN "{held}" i '
+        f"ON i.issuer_id = a.id AND i.value IN ({', '.join(['%s'] * len(values))}) "
+        f"WHERE a.namespace_id IN ({', '.join(['%s'] * len(namespaces))})"
+    )
+    return sql, [*values, *namespaces]
 
 
 def _write_identifiers(patient: Patient, plan: _IdentifierPlan) -> list[PatientIdentifier]:
@@ -215,9 +227,15 @@ def _write_identifiers(patient: Patient, plan: _IdentifierPlan) -> list[PatientI
             + " RETURNING id"
         )
         params = [v for i in new for v in (i.patient_id, i.value, i.issuer_id, i.type, i.is_alias)]
-        for written, (pk,) in zip(new, fetch(sql, params), strict=True):
-            written.pk = pk
-            written._state.adding = False
+
+        def written(rows: list[tuple[Any, ...]]) -> None:
+            for identifier, (pk,) in zip(new, rows, strict=True):
+                identifier.pk = pk
+                identifier._state.adding = False
+
+        # Nothing asks for them by id in the caller's transaction: inside db.writes_together
+        # they go with the next statement (HL7: the commit); a reader finds them all the same.
+        execute_later(sql, params, written)
     return result
 
 

@@ -12,7 +12,7 @@ from django.db.transaction import TransactionManagementError
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
-from core.db import fetch, insert_row, writes_together
+from core.db import fetch, insert_row, read_ahead, writes_together
 from pacs.models import DicomNode
 from pacs.selectors import node_cache
 from ris.models import Order, Patient
@@ -109,3 +109,24 @@ def test_rows_written_together_are_there_for_the_next_read_and_go_on_an_error() 
     # The whole block rolled back: LATER-3, sent with it, is not there either.
     assert not Order.objects.filter(accession_number="LATER-3").exists()
     assert Order.objects.filter(accession_number__startswith="LATER-").count() == 2
+
+
+def test_a_read_ahead_answers_only_until_something_else_runs(
+    django_assert_num_queries: Any,
+) -> None:
+    patient = factories.patient()
+    count = f'SELECT count(*) FROM "{Order._meta.db_table}" WHERE patient_id = %s'  # noqa: S608
+    with transaction.atomic(), writes_together():
+        read_ahead([(count, [patient.pk])])
+        assert fetch(count, [patient.pk]) == [(0,)]
+        # Answered once; then something else ran (here: a row waits to be written).
+        read_ahead([(count, [patient.pk])])
+        insert_row(Order(accession_number="AHEAD-1", patient=patient), wait=False)
+        assert fetch(count, [patient.pk]) == [(1,)]
+        read_ahead([(count, [patient.pk])])
+        Order.objects.create(accession_number="AHEAD-2", patient=patient)
+        assert fetch(count, [patient.pk]) == [(2,)]
+    # Outside writes_together there is nothing to answer from: each fetch runs.
+    read_ahead([(count, [patient.pk])])
+    with django_assert_num_queries(1):
+        assert fetch(count, [patient.pk]) == [(2,)]

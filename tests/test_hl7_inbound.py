@@ -19,7 +19,13 @@ from ris.hl7 import ack, inbound
 from ris.hl7.mllp import START_BLOCK, encode_frame
 from ris.hl7.models import InboundMessage
 from ris.hl7.server import MLLPServer, start
-from ris.models import Order, Patient, PatientIdentifier, ScheduledProcedureStep
+from ris.models import (
+    AssigningAuthority,
+    Order,
+    Patient,
+    PatientIdentifier,
+    ScheduledProcedureStep,
+)
 from tests import factories
 from tests.hl7util import (
     ack_code,
@@ -579,6 +585,40 @@ def test_an_internal_failure_is_kept_and_applied_when_sent_again(
     assert Patient.objects.count() == 1
 
 
+def test_a_write_that_fails_at_every_attempt_is_kept_as_failed(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows sent with the COMMIT fail there; the last attempt writes each at once, so the
+    message still meets its error inside the RIS and is stored, answered AE, not applied."""
+    [reply] = exchange(port, adt("HELD-1", identifiers="HELD-1^^^HOSP^MR"))
+    assert ack_code(reply) == "AA"
+    before = snapshot()
+    # Blind to the holder: each attempt registers a new patient whose identifier is taken.
+    monkeypatch.setattr(inbound, "_holders", lambda identifiers: {})
+    monkeypatch.setattr(services, "_plan_identifiers", _blind_plan(services._plan_identifiers))
+    [reply] = exchange(port, adt("HELD-2", identifiers="HELD-1^^^HOSP^MR", name="OTHER^ONE"))
+    assert fields(reply, "MSA")[1] == ack.APPLICATION_ERROR
+    logged = InboundMessage.objects.get(control_id="HELD-2")
+    assert logged.status == InboundMessage.Status.FAILED
+    assert "IntegrityError" in logged.error
+    assert snapshot() == before
+
+
+def _blind_plan(real: Any) -> Any:
+    def plan(patient_pk: int | None, identifiers: Any) -> Any:
+        found = real(patient_pk, [])  # the issuers are not looked up: all are new
+        found.wanted = {(i.issuer, i.value): i for i in identifiers}
+        found.issuers = {
+            issuer.namespace_id: issuer
+            for issuer in AssigningAuthority.objects.filter(
+                namespace_id__in=[i.issuer for i in identifiers]
+            )
+        }
+        return found
+
+    return plan
+
+
 def test_a_lost_connection_mid_exchange_leaves_the_listener_serving(port: int) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(encode_frame(adt("GONE-1", identifiers="GONE-1^^^HOSP^MR")))
@@ -637,12 +677,13 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return count
 
 
-def test_rows_no_one_reads_back_go_with_the_commit(round_trips: list[int]) -> None:
-    """The audit events, the step and the message row travel with the COMMIT.
+def test_a_new_patient_and_its_order_take_few_round_trips(round_trips: list[int]) -> None:
+    """The first lookups go with the BEGIN, and the rows no one reads back with the COMMIT.
 
-    ADT: begin, control id, holders, issuers, patient, identifiers, then audit + message row
-    + commit. ORM: begin, control id, holders, procedure, placer number, counters,
-    accession check, order, requested procedure, then step + audit + message row + commit.
+    ADT: begin, control id, PID-3 holders, issuers and identifiers (read ahead); patient;
+    identifiers, audit event, message row and commit. ORM: begin, control id, holders,
+    procedure and placer number (read ahead); counters; accession check; order; requested
+    procedure; step, audit event, message row and commit.
     """
     factories.procedure("CTHEAD", "CT")
     for number in range(4):  # psycopg prepares a statement on its third run: count after
@@ -654,7 +695,7 @@ def test_rows_no_one_reads_back_go_with_the_commit(round_trips: list[int]) -> No
         reply = inbound.receive(orm(f"RT2-O{number}", placer=f"PLC-RT2-{number}", identifiers=two))
         assert ack_code(reply.decode()) == "AA"
         orm_trips = round_trips[0]
-    assert (adt_trips, orm_trips) == (7, 10)
+    assert (adt_trips, orm_trips) == (3, 6)
     order = Order.objects.get(placer_order_number="PLC-RT2-3")
     # All of it committed: another connection sees the rows that went with the COMMIT.
     other = connection.copy()
