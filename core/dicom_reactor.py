@@ -17,6 +17,7 @@ assembly) is pynetdicom's own. Written against pynetdicom 3.0.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import select
@@ -44,6 +45,8 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from core import dicom_codec, dicom_lean
 from core.listeners import SharedListener
 
+logger = logging.getLogger(__name__)
+
 # The longest any loop blocks without new input: timers (ARTIM, idle timeout) and the
 # association's release/abort checks run at least this often.
 REACTOR_WAIT = 0.02
@@ -52,6 +55,9 @@ RECV_CHUNK = 1024 * 1024
 # P-DATA-TF PDUs up to this length are read into one buffer allocated up front; a longer
 # claim (a peer ignoring our maximum PDU length) is read by pynetdicom, as bytes arrive.
 DIRECT_PDU_LIMIT = 16 * 1024 * 1024
+# Connection threads kept beyond the most associations allowed at once: a connection over
+# the limit still needs a thread to be refused on.
+WORKERS_OVER_LIMIT = 4
 # Room for the PDV item headers (6 bytes each) of a PDU at our maximum length.
 _PDV_HEADROOM = 1024
 _P_DATA_TF = 0x04  # PS3.8 9.3.1, PDU type
@@ -411,6 +417,57 @@ class FastRequestHandler(RequestHandler):
         return assoc
 
 
+class _Workers:
+    """Daemon threads that serve connections one after another, as many as are busy at
+    once (up to LIMIT; past it a connection waits for the first to finish). Daemons, as
+    pynetdicom's association threads are: a stop never waits for a peer."""
+
+    def __init__(self, target: Any, limit: int) -> None:
+        self._target = target
+        self._limit = limit
+        self._jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # waiting for a job, and not yet promised one
+        self._threads = 0
+
+    def submit(self, *job: Any) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            elif self._threads < self._limit:
+                self._threads += 1
+                threading.Thread(
+                    target=self._run, args=(job,), name="dicom-connection", daemon=True
+                ).start()
+                return
+            self._jobs.put(job)
+
+    def _run(self, job: tuple[Any, ...]) -> None:
+        while job != _STOP:
+            try:
+                self._target(*job)
+            except Exception:  # the server's own handler logged it; the thread goes on
+                logger.exception("serving a DICOM connection failed")
+            with self._lock:
+                try:
+                    job = self._jobs.get_nowait()
+                    continue
+                except queue.Empty:
+                    self._idle += 1
+            job = self._jobs.get()
+
+    def stop(self) -> None:
+        """Let every thread end once it has finished what it serves."""
+        with self._lock:
+            count, self._threads, self._idle = self._threads, 0, 0
+        for _ in range(count):
+            self._jobs.put(_STOP)
+
+
+# What stops a worker (a job is never empty: a socket and an address).
+_STOP: tuple[Any, ...] = ()
+
+
 class _SharedContexts(list):  # type: ignore[type-arg]
     """The server's supported contexts, shared by every association.
 
@@ -446,6 +503,17 @@ class FastAssociationServer(SharedListener, ThreadedAssociationServer):
         self._lean_lock = threading.Lock()
         # Connections being read or served on their accepting thread, closed on shutdown.
         self._lean_sockets: set[socket.socket] = set()
+        self._workers: _Workers | None = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection on a worker thread kept from one association to the next:
+        a thread, and Django's connection handler of a thread, made anew for each cost
+        about 0.4 ms of every short association (C-ECHO, C-FIND). The pool grows to the
+        most associations served at once, and a little over, for those to be refused."""
+        if self._workers is None:
+            limit = self.ae.maximum_associations + WORKERS_OVER_LIMIT
+            self._workers = _Workers(self.process_request_thread, limit)
+        self._workers.submit(request, client_address)
 
     def lean_started(self) -> None:
         with self._lean_lock:
@@ -476,6 +544,8 @@ class FastAssociationServer(SharedListener, ThreadedAssociationServer):
         for sock in sockets:
             dicom_lean.abort_connection(sock)
         super().server_close()
+        if self._workers is not None:
+            self._workers.stop()
 
     def service_actions(self) -> None:
         """pynetdicom runs a full gc.collect() every 60 turns of the accept loop, and each

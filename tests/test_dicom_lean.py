@@ -22,7 +22,7 @@ from core import dicom_lean
 from core.dicom_server import ArchiveAE, build_ae, start
 from pacs import dimse, selectors
 from pacs.dimse import STATUS_CANCEL, STATUS_PENDING, STATUS_SUCCESS
-from tests.netutil import DEADLINE
+from tests.netutil import DEADLINE, wait_until
 
 SCP_AE_TITLE = "LEANSCP"
 
@@ -313,3 +313,33 @@ def test_the_request_is_read_and_answered_as_pynetdicom_does(
 def test_anything_else_goes_to_pynetdicom(data: bytes) -> None:
     server = type("Server", (), {"_handlers": {}})()
     assert dicom_lean.lean_request(data, server) is None  # type: ignore[arg-type]
+
+
+def test_connection_threads_are_kept_for_the_next_connection_and_end_on_stop() -> None:
+    from core.dicom_reactor import _Workers
+
+    served: list[tuple[str, int]] = []
+    release = threading.Event()
+
+    def serve(number: int) -> None:
+        served.append((threading.current_thread().name, threading.get_ident()))
+        if number == 2:  # held: the next one needs a thread of its own
+            assert release.wait(DEADLINE)
+
+    workers = _Workers(serve, limit=4)
+    workers.submit(1)
+    wait_until(lambda: len(served) == 1 or None, what="the first job")
+    wait_until(lambda: workers._idle == 1 or None, what="its thread idle again")
+    workers.submit(2)
+    wait_until(lambda: len(served) == 2 or None, what="the second job")
+    workers.submit(3)
+    wait_until(lambda: len(served) == 3 or None, what="the third job, beside the second")
+    release.set()
+    assert served[0][1] == served[1][1]  # the first thread served the second job too
+    assert served[2][1] != served[1][1]  # the third came while the second was held
+    idents = {ident for _, ident in served}
+    threads = [t for t in threading.enumerate() if t.ident in idents]
+    workers.stop()
+    for thread in threads:
+        thread.join(DEADLINE)
+    assert len(threads) == 2 and not any(thread.is_alive() for thread in threads)
