@@ -19,6 +19,7 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections, models, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.signals import post_save, pre_save
+from psycopg.pq import ExecStatus, TransactionStatus
 
 Rows = list[tuple[Any, ...]]
 
@@ -45,7 +46,7 @@ def fetch(sql: str, params: Sequence[Any] = (), *, using: str = DEFAULT_DB_ALIAS
     started = time.monotonic() if connection.queries_logged else 0.0
     with connection.wrap_database_errors:
         cursor.execute(sql, params)
-        rows = cursor.fetchall() if cursor.description is not None else []
+        rows = cursor.fetchall() if _has_rows(cursor) else []
     if started:
         _log(connection, sql, params, started)
     return rows
@@ -269,7 +270,7 @@ def _together(
         if begin:
             client.nextset()
         for _ in statements:
-            results.append(client.fetchall() if client.description is not None else [])
+            results.append(client.fetchall() if _has_rows(client) else [])
             client.nextset()
     return results
 
@@ -277,7 +278,8 @@ def _together(
 # ---------------------------------------------------------------- the cursor
 
 
-_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE
+_IDLE = TransactionStatus.IDLE
+_TUPLES_OK = ExecStatus.TUPLES_OK
 
 
 def _fast_cursor(connection: BaseDatabaseWrapper) -> Any:
@@ -296,6 +298,12 @@ def _fast_cursor(connection: BaseDatabaseWrapper) -> Any:
             cached = (raw, connection.create_cursor())
         connection._core_db_cursor = cached  # type: ignore[attr-defined]
     return cached[1]
+
+
+def _has_rows(cursor: Any) -> bool:
+    # Not cursor.description: psycopg builds a Column for each column to answer it.
+    result = cursor.pgresult
+    return result is not None and result.status == _TUPLES_OK
 
 
 def _client_cursor(connection: BaseDatabaseWrapper) -> Any:

@@ -10,6 +10,7 @@ answered with the ACK stored for the first one and not applied again.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import traceback
@@ -117,6 +118,7 @@ def _identifier_inputs(identifiers: list[Identifier]) -> list[services.Identifie
     return [services.IdentifierInput(i.value, i.issuer, i.type) for i in identifiers]
 
 
+@functools.cache
 def _columns(model: type[Model], alias: str = "") -> str:
     """MODEL's columns by name, for a written-out SELECT: a prepared statement's result
     keeps its shape when a migration adds a column (SELECT * would fail to run again)."""
