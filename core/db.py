@@ -98,6 +98,57 @@ def insert_row(instance: models.Model, *, wait: bool = True) -> None:
     written(fetch(statement, values, using=connection.alias))
 
 
+def insert_rows(parent: models.Model, child: models.Model, link: str) -> None:
+    """Write PARENT and CHILD, new rows, CHILD's foreign key LINK naming PARENT: one
+    statement on PostgreSQL (a data-modifying WITH), insert_row twice elsewhere."""
+    connection = connections[router.db_for_write(type(parent), instance=parent)]
+    models_ = (type(parent), type(child))
+    if (
+        connection.vendor != "postgresql"
+        or any(pre_save.has_listeners(m) or post_save.has_listeners(m) for m in models_)
+        or any(m._meta.auto_field is None for m in models_)
+        or parent.pk is not None
+        or child.pk is not None
+    ):
+        insert_row(parent)
+        insert_row(child)
+        return
+    foreign_key = child._meta.get_field(link)
+    parent._prepare_related_fields_for_save(operation_name="save")  # type: ignore[attr-defined]
+    others = [f for f in child._meta.concrete_fields if f is not foreign_key]
+    child._prepare_related_fields_for_save(operation_name="save", fields=others)  # type: ignore[attr-defined]
+    key = (type(child), f"{connection.alias}:{link}")
+    statement = _STATEMENTS.get(key)
+    if statement is None:
+        quote = connection.ops.quote_name
+        child_meta, parent_pk = child._meta, quote(type(parent)._meta.pk.column)  # type: ignore[union-attr]
+        columns = [f for f in child_meta.concrete_fields if not f.primary_key]
+        placeholders = ", ".join(
+            f"(SELECT {parent_pk} FROM parent)" if f is foreign_key else "%s"  # noqa: S608
+            for f in columns
+        )
+        child_pk = quote(child_meta.pk.column)  # type: ignore[union-attr]
+        # Names from the models, placeholders for every value: nothing comes from input.
+        statement = _STATEMENTS[key] = (
+            f"WITH parent AS ({_insert_statement(type(parent), connection, True)}) "  # noqa: S608
+            f"INSERT INTO {quote(child_meta.db_table)} "
+            f"({', '.join(quote(f.column) for f in columns)}) VALUES ({placeholders}) "
+            f"RETURNING {quote(foreign_key.column)}, {child_pk}"  # type: ignore[union-attr, arg-type]
+        )
+    values = [
+        field.get_db_prep_save(field.pre_save(instance, add=True), connection)
+        for instance in (parent, child)
+        for field in instance._meta.concrete_fields
+        if not field.primary_key and field is not foreign_key
+    ]
+    [(parent_pk_value, child_pk_value)] = fetch(statement, values, using=connection.alias)
+    for instance, pk in ((parent, parent_pk_value), (child, child_pk_value)):
+        instance.pk = pk
+        instance._state.adding = False
+        instance._state.db = connection.alias
+    setattr(child, foreign_key.attname, parent_pk_value)  # type: ignore[union-attr]
+
+
 def _insert_statement(
     model: type[models.Model], connection: BaseDatabaseWrapper, returning: bool
 ) -> str:

@@ -20,7 +20,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 from pydicom.uid import generate_uid
 
 from core import audit
-from core.db import execute_later, fetch, insert_row
+from core.db import execute_later, fetch, insert_row, insert_rows
 from ris import signals
 from ris.models import (
     AssigningAuthority,
@@ -455,7 +455,6 @@ def book_exam(
             reason=booking.reason,
             created_by=actor,
         )
-        insert_row(order)
         requested = RequestedProcedure(
             order=order,
             requested_procedure_id="1",
@@ -463,7 +462,9 @@ def book_exam(
             description=procedure.name[:64],
             study_instance_uid=generate_study_instance_uid(),
         )
-        insert_row(requested)
+        # The order and its requested procedure in one statement: booking from HL7 runs
+        # at message rate, and each statement costs a round trip.
+        insert_rows(order, requested, "order")
         start = booking.scheduled_start
         step = ScheduledProcedureStep(
             requested_procedure=requested,

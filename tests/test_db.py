@@ -12,10 +12,10 @@ from django.db.transaction import TransactionManagementError
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
-from core.db import fetch, insert_row, read_ahead, writes_together
+from core.db import fetch, insert_row, insert_rows, read_ahead, writes_together
 from pacs.models import DicomNode
 from pacs.selectors import node_cache
-from ris.models import Order, Patient
+from ris.models import Order, Patient, RequestedProcedure
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -130,3 +130,33 @@ def test_a_read_ahead_answers_only_until_something_else_runs(
     read_ahead([(count, [patient.pk])])
     with django_assert_num_queries(1):
         assert fetch(count, [patient.pk]) == [(2,)]
+
+
+def test_insert_rows_writes_a_row_and_its_child_as_insert_row_does() -> None:
+    patient = factories.patient()
+    procedure = factories.procedure("CTINS", "CT")
+    rows = []
+    for accession, write in (("ROWS-1", "each"), ("ROWS-2", "together")):
+        order = Order(accession_number=accession, patient=patient, reason="Headache")
+        requested = RequestedProcedure(
+            order=order,
+            requested_procedure_id="1",
+            procedure_type=procedure,
+            description="CT",
+            study_instance_uid=f"1.2.3.{len(rows)}",
+        )
+        if write == "each":
+            insert_row(order)
+            insert_row(requested)
+        else:
+            insert_rows(order, requested, "order")
+        assert order.pk is not None and requested.pk is not None
+        assert requested.order_id == order.pk and not requested._state.adding
+        rows.append((_stored(order), _stored(requested)))
+    (order_each, requested_each), (order_together, requested_together) = rows
+    assert order_each.pop("accession_number") == "ROWS-1"
+    assert order_together.pop("accession_number") == "ROWS-2"
+    assert order_each == order_together
+    assert requested_each.pop("order") != requested_together.pop("order")
+    assert requested_each.pop("study_instance_uid") != requested_together.pop("study_instance_uid")
+    assert requested_each == requested_together
