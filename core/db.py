@@ -10,6 +10,7 @@ rows whose id nobody waits for travel to the server together, with the COMMIT.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,7 +34,10 @@ def fetch(sql: str, params: Sequence[Any] = (), *, using: str = DEFAULT_DB_ALIAS
     pending = _pending(connection)
     if pending is not None:
         if pending.ahead:
-            rows = pending.ahead.pop((sql, tuple(params)), None)
+            try:
+                rows = pending.ahead.pop((sql, tuple(params)), None)
+            except TypeError:  # a parameter that is no key (a list): not read ahead
+                rows = None
             if rows is not None:
                 return rows
             pending.ahead.clear()  # another statement runs: what was read may be stale
@@ -234,7 +238,8 @@ def read_ahead(
         raw.autocommit = True
     rows_read = _together(connection, statements, begin=begin)
     for rows, (sql, params) in zip(rows_read, statements, strict=True):
-        pending.ahead[(sql, tuple(params))] = rows
+        with contextlib.suppress(TypeError):  # a parameter that is no key: asked for, it runs
+            pending.ahead[(sql, tuple(params))] = rows
 
 
 @contextmanager
