@@ -90,6 +90,14 @@ def test_a_bound_notification_handler_sends_the_association_to_pynetdicom(
     assert served_by == ["Association"] and seen == ["received"]
 
 
+def _every_study() -> Dataset:
+    """A STUDY level query matching every study (universal matching on its UID)."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    return query
+
+
 def _study(number: int) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
@@ -114,9 +122,7 @@ def test_c_cancel_stops_a_lean_query(
             yield _study(number)
 
     monkeypatch.setattr(selectors, "matches", matches)
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = ""
+    query = _every_study()
     assoc = _associate(port, [StudyRootQueryRetrieveInformationModelFind])
     responses = assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind, msg_id=9)
     status, _ = next(responses)
@@ -153,9 +159,7 @@ def test_a_release_sent_with_the_query_is_answered_after_its_final_response(
     sock, context_id, implicit = replay.associate(
         port, SCP_AE_TITLE, "LEANSCU", replay.STUDY_ROOT_FIND
     )
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = ""
+    query = _every_study()
     command = replay._command(replay.C_FIND_RQ, replay.STUDY_ROOT_FIND, replay.DATA_SET)
     encoded = replay._encode(query, implicit=implicit)
     # The peer does not wait for the responses before asking to release (it should).
