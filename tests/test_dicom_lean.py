@@ -90,19 +90,16 @@ def test_a_bound_notification_handler_sends_the_association_to_pynetdicom(
     assert served_by == ["Association"] and seen == ["received"]
 
 
-def _every_study() -> Dataset:
-    """A STUDY level query matching every study (universal matching on its UID)."""
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = ""
-    return query
-
-
-def _study(number: int) -> Dataset:
+def _study(uid: str = "") -> Dataset:
+    """A STUDY level identifier: a reply holding UID, or, empty, a query matching every study."""
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
-    ds.StudyInstanceUID = f"1.2.826.0.1.3680043.8.498.77.{number}"
+    ds.StudyInstanceUID = uid
     return ds
+
+
+def _reply(number: int) -> Dataset:
+    return _study(f"1.2.826.0.1.3680043.8.498.77.{number}")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -114,15 +111,15 @@ def test_c_cancel_stops_a_lean_query(
     total = 2000
 
     def matches(*args: Any, **kwargs: Any) -> Iterator[Dataset]:
-        yield _study(0)
+        yield _reply(0)
         # The rest only once the test has sent C-CANCEL: the handler looks for it before
         # each, and must see it long before the last.
         assert cancel_sent.wait(DEADLINE), "the test never sent C-CANCEL"
         for number in range(1, total):
-            yield _study(number)
+            yield _reply(number)
 
     monkeypatch.setattr(selectors, "matches", matches)
-    query = _every_study()
+    query = _study()
     assoc = _associate(port, [StudyRootQueryRetrieveInformationModelFind])
     responses = assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind, msg_id=9)
     status, _ = next(responses)
@@ -155,11 +152,11 @@ def test_a_release_sent_with_the_query_is_answered_after_its_final_response(
     server: tuple[ArchiveAE, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, port = server
-    monkeypatch.setattr(selectors, "matches", lambda *a, **k: iter([_study(1), _study(2)]))
+    monkeypatch.setattr(selectors, "matches", lambda *a, **k: iter([_reply(1), _reply(2)]))
     sock, context_id, implicit = replay.associate(
         port, SCP_AE_TITLE, "LEANSCU", replay.STUDY_ROOT_FIND
     )
-    query = _every_study()
+    query = _study()
     command = replay._command(replay.C_FIND_RQ, replay.STUDY_ROOT_FIND, replay.DATA_SET)
     encoded = replay._encode(query, implicit=implicit)
     # The peer does not wait for the responses before asking to release (it should).
