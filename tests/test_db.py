@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Model
 from django.db.transaction import TransactionManagementError
 from django.forms.models import model_to_dict
@@ -160,3 +160,33 @@ def test_insert_rows_writes_a_row_and_its_child_as_insert_row_does() -> None:
     assert requested_each.pop("order") != requested_together.pop("order")
     assert requested_each.pop("study_instance_uid") != requested_together.pop("study_instance_uid")
     assert requested_each == requested_together
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_sent_with_a_failing_row_commits_nothing_and_the_connection_goes_on() -> None:
+    """What waits goes with the COMMIT in one round trip (on PostgreSQL a pipeline): a row
+    that fails there stops the COMMIT, the transaction rolls back whole, and the same
+    connection then reads and commits as before."""
+    patient = factories.patient()
+    Order.objects.create(accession_number="PIPE-1", patient=patient)
+    count = f'SELECT count(*) FROM "{Order._meta.db_table}" WHERE patient_id = %s'  # noqa: S608
+    for _ in range(3):  # on its third run a statement is prepared: that path too
+        with pytest.raises(IntegrityError), transaction.atomic(), writes_together(commit=True):
+            read_ahead([(count, [patient.pk])])  # with the BEGIN
+            assert fetch(count, [patient.pk]) == [(1,)]
+            insert_row(Order(accession_number="PIPE-2", patient=patient), wait=False)
+            insert_row(Order(accession_number="PIPE-1", patient=patient), wait=False)  # taken
+        assert fetch(count, [patient.pk]) == [(1,)]  # PIPE-2 went with it
+    for number in range(3, 6):
+        with transaction.atomic(), writes_together(commit=True):
+            read_ahead([(count, [patient.pk])])
+            assert fetch(count, [patient.pk]) == [(number - 2,)]
+            insert_row(Order(accession_number=f"PIPE-{number}", patient=patient), wait=False)
+    # Committed: another connection sees them.
+    other = connection.copy()
+    try:
+        with other.cursor() as cursor:
+            cursor.execute(count, [patient.pk])
+            assert cursor.fetchone() == (4,)
+    finally:
+        other.close()

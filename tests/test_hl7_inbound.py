@@ -659,21 +659,30 @@ def test_a_new_patient_and_its_order_take_a_fixed_number_of_round_trips(
 
 @pytest.fixture
 def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count the times psycopg waits for the server's answer (one round trip each)."""
+    """Count the times psycopg waits for the server's answer (one round trip each): a
+    statement on its own, or the end of a pipeline (core.db sends statements together in
+    one)."""
     if connection.vendor != "postgresql":
         pytest.skip("counts psycopg's round trips")
     import psycopg._cursor_base
+    import psycopg._pipeline_base
     import psycopg.generators
 
     count = [0]
     original = psycopg.generators.execute
+    pipeline_end = psycopg._pipeline_base.BasePipeline._exit_gen
 
     def execute(pgconn: Any) -> Any:
         count[0] += 1
         return (yield from original(pgconn))
 
+    def exit_gen(pipeline: Any) -> Any:
+        count[0] += 1
+        return (yield from pipeline_end(pipeline))
+
     monkeypatch.setattr(psycopg._cursor_base, "execute", execute)
     monkeypatch.setattr(psycopg.generators, "execute", execute)
+    monkeypatch.setattr(psycopg._pipeline_base.BasePipeline, "_exit_gen", exit_gen)
     return count
 
 
