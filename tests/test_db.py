@@ -12,6 +12,7 @@ from django.db.transaction import TransactionManagementError
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
+import core.db
 from core.db import fetch, insert_row, insert_rows, read_ahead, writes_together
 from pacs.models import DicomNode
 from pacs.selectors import node_cache
@@ -163,10 +164,16 @@ def test_insert_rows_writes_a_row_and_its_child_as_insert_row_does() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_commit_sent_with_a_failing_row_commits_nothing_and_the_connection_goes_on() -> None:
-    """What waits goes with the COMMIT in one round trip (on PostgreSQL a pipeline): a row
-    that fails there stops the COMMIT, the transaction rolls back whole, and the same
-    connection then reads and commits as before."""
+@pytest.mark.parametrize("server_binds", [True, False], ids=["pipeline", "one-string"])
+def test_a_commit_sent_with_a_failing_row_commits_nothing_and_the_connection_goes_on(
+    server_binds: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What waits goes with the COMMIT in one round trip (on PostgreSQL a pipeline, or one
+    query string where the server does not bind parameters): a row that fails there stops
+    the COMMIT, the transaction rolls back whole, and the same connection then reads and
+    commits as before."""
+    if not server_binds:
+        monkeypatch.setattr(core.db, "_pipeline_cursors", lambda connection, count: None)
     patient = factories.patient()
     Order.objects.create(accession_number="PIPE-1", patient=patient)
     count = f'SELECT count(*) FROM "{Order._meta.db_table}" WHERE patient_id = %s'  # noqa: S608
