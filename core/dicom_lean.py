@@ -352,6 +352,8 @@ class LeanAssociation:
         self.acse_timeout = ae.acse_timeout
         self.is_established = False
         self.is_rejected = False
+        # (result, source, reason/diag.) of the A-ASSOCIATE-RJ sent, for the audit trail.
+        self.rejection: tuple[int, int, int] | None = None
         self.is_aborted = False
         self.is_released = False
         self.release_requested = False
@@ -440,6 +442,7 @@ class LeanAssociation:
             logger.info("rejecting association from %s", self.requestor.ae_title)
             self.send(struct.pack(">BBIBBBB", A_ASSOCIATE_RJ_PDU, 0, 4, 0, *rejection))
             self.is_rejected = True
+            self.rejection = rejection
             self._notify(evt.EVT_REJECTED)
             return False
         results, _ = negotiate_as_acceptor(request.contexts, self._server.contexts, {})

@@ -39,7 +39,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from core import dicom_codec, dicom_lean
@@ -165,6 +165,14 @@ class FastDUL(DULServiceProvider):
         self._send_lock = threading.Lock()
 
     def send_pdu(self, primitive: Any) -> None:
+        if isinstance(primitive, A_ASSOCIATE) and primitive.result not in (None, 0x00):
+            # The A-ASSOCIATE-RJ's result, source and reason (PS3.8 9.3.4), as
+            # core.dicom_lean keeps them: EVT_REJECTED's handlers read them there.
+            self.assoc.rejection = (  # type: ignore[attr-defined]
+                primitive.result,
+                primitive.result_source,
+                primitive.diagnostic,
+            )
         if isinstance(primitive, P_DATA) and self.state_machine.current_state == "Sta6":
             # Data transfer (PS3.8 9.2, DT-1 in Sta6) needs no state change: send from the
             # caller's thread rather than hand every response PDU to the reactor thread.

@@ -122,7 +122,35 @@ def handle_accepted(event: Event) -> None:
 
 
 def handle_rejected(event: Event) -> None:
-    _audit_association(event, audit.Outcome.FAILURE, "rejected: calling AE title not known")
+    _audit_association(event, audit.Outcome.FAILURE, f"rejected: {_rejection_reason(event)}")
+
+
+# PS3.8 Table 9-21: the A-ASSOCIATE-RJ's (source, reason/diag.).
+_REJECTION_REASONS = {
+    (1, 1): "no reason given",
+    (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not recognised",
+    (1, 7): "called AE title not recognised",
+    (2, 1): "no reason given (ACSE)",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion",
+    (3, 2): "local limit exceeded",
+}
+
+
+def _rejection_reason(event: Event) -> str:
+    """Why EVENT's association was refused, as the A-ASSOCIATE-RJ told the peer
+    (core.dicom_lean and core.dicom_reactor keep its fields on the association)."""
+    rejection = getattr(event.assoc, "rejection", None)
+    if rejection is None:
+        return "reason not known"
+    result, source, reason = rejection
+    text = _REJECTION_REASONS.get((source, reason), f"source {source}, reason {reason}")
+    if (source, reason) == (1, 3):
+        text += f": {calling(event)[0]!r} is not a known node"
+    elif (source, reason) == (3, 2):
+        text += f": at most {event.assoc.ae.maximum_associations} associations at once"
+    return f"{text} ({'permanent' if result == 1 else 'transient'})"
 
 
 def access_service(ae: ApplicationEntity) -> list[EventHandler]:

@@ -141,6 +141,33 @@ def test_unknown_calling_ae_is_rejected_and_audited(archive: int, settings) -> N
     assert ("KNOWNMOD", "success") in events
 
 
+def test_each_rejection_is_audited_with_its_reason(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.DICOM_ACCEPT_UNKNOWN_AE = False
+    settings.DICOM_MAX_ASSOCIATIONS = 1
+    add_node("KNOWNMOD", "127.0.0.1", 104)
+    echo = [build_context("1.2.840.10008.1.1")]
+    with running_archive() as port, association(port, echo, ae_title="KNOWNMOD") as first:
+        assert first.is_established
+        with association(port, echo, ae_title="KNOWNMOD") as second:
+            assert second.is_rejected  # one at a time
+        assert first.send_c_echo().Status == STATUS_SUCCESS
+    settings.DICOM_MAX_ASSOCIATIONS = 10  # a rejected peer's thread may still be counted
+    with running_archive() as port:
+        with association(port, echo, ae_title="STRANGER") as assoc:
+            assert assoc.is_rejected  # negotiated by core.dicom_lean
+        storage = [build_context("1.2.840.10008.5.1.4.1.1.2")]
+        with association(port, storage, ae_title="STRANGER2") as assoc:
+            assert assoc.is_rejected  # negotiated by pynetdicom
+    assert audit.flush()
+    known = "is not a known node (permanent)"
+    refused = AuditEvent.objects.filter(action="association", outcome="failure")
+    assert {(e.actor_name, e.detail) for e in refused} == {
+        ("STRANGER", f"rejected: calling AE title not recognised: {'STRANGER'!r} {known}"),
+        ("STRANGER2", f"rejected: calling AE title not recognised: {'STRANGER2'!r} {known}"),
+        ("KNOWNMOD", "rejected: local limit exceeded: at most 1 associations at once (transient)"),
+    }
+
+
 def test_node_without_store_right_is_refused(archive: int, settings) -> None:  # type: ignore[no-untyped-def]
     settings.DICOM_ACCEPT_UNKNOWN_AE = False
     add_node("VIEWONLY", "127.0.0.1", 104, may_store=False)
