@@ -244,30 +244,55 @@ def p_data(context_id: int, command: bytes, data_set: bytes, max_pdu: int) -> li
 
 # ---------------------------------------------------------------- DIMSE requests
 
-# The elements of a C-STORE-RQ command set (PS3.7 9.3.1.1, Table 9.3-1), as they are read
-# here: every other element sends the command set to pydicom.
-_STORE_REQUEST_ELEMENTS: dict[int, tuple[str, str]] = {
+# The elements of the request command sets read here (PS3.7 9.1.1.1 C-STORE-RQ, 9.1.2.1
+# C-FIND-RQ, 9.1.5.1 C-ECHO-RQ, 9.3.2.3 C-CANCEL-RQ): every other element sends the
+# command set to pydicom.
+_REQUEST_ELEMENTS: dict[int, tuple[str, str]] = {
     0x00000000: ("CommandGroupLength", "UL"),
     0x00000002: ("AffectedSOPClassUID", "UI"),
     0x00000100: ("CommandField", "US"),
     0x00000110: ("MessageID", "US"),
+    0x00000120: ("MessageIDBeingRespondedTo", "US"),
     0x00000700: ("Priority", "US"),
     0x00000800: ("CommandDataSetType", "US"),
     0x00001000: ("AffectedSOPInstanceUID", "UI"),
     0x00001030: ("MoveOriginatorApplicationEntityTitle", "AE"),
     0x00001031: ("MoveOriginatorMessageID", "US"),
 }
-_C_STORE_RQ_FIELD = 0x0001  # PS3.7 E.1-1, Command Field of C-STORE-RQ
+C_STORE_RQ_FIELD = 0x0001  # PS3.7 E.1-1, Command Field
+C_FIND_RQ_FIELD = 0x0020
+C_ECHO_RQ_FIELD = 0x0030
+C_CANCEL_RQ_FIELD = 0x0FFF
+_COMMON = frozenset({"CommandGroupLength", "CommandField", "CommandDataSetType"})
+# Command Field: (the elements its command set may hold, whether a data set follows).
+_REQUESTS: dict[int, tuple[frozenset[str], bool]] = {
+    C_STORE_RQ_FIELD: (
+        _COMMON
+        | {
+            "AffectedSOPClassUID",
+            "MessageID",
+            "Priority",
+            "AffectedSOPInstanceUID",
+            "MoveOriginatorApplicationEntityTitle",
+            "MoveOriginatorMessageID",
+        },
+        True,
+    ),
+    C_FIND_RQ_FIELD: (_COMMON | {"AffectedSOPClassUID", "MessageID", "Priority"}, True),
+    C_ECHO_RQ_FIELD: (_COMMON | {"AffectedSOPClassUID", "MessageID"}, False),
+    C_CANCEL_RQ_FIELD: (_COMMON | {"MessageIDBeingRespondedTo"}, False),
+}
 _ELEMENT_HEADER = struct.Struct("<HHI")  # Implicit VR: tag, 4-byte length (PS3.5 7.1.3)
 _US = struct.Struct("<H")
 _UL = struct.Struct("<I")
 
 
-def decode_store_request(data: bytes | bytearray | memoryview) -> dict[str, Any] | None:
-    """The elements of a C-STORE-RQ command set by keyword, valued as pydicom reads them
-    (str for UI and AE, int for US and UL), or None for any other command set or anything
-    unusual (an element not listed, an empty or multiple value, a byte beyond ASCII, tags
-    out of order, a short element), which pydicom then reads.
+def decode_request(data: bytes | bytearray | memoryview) -> dict[str, Any] | None:
+    """The elements of a C-STORE-RQ, C-FIND-RQ, C-ECHO-RQ or C-CANCEL-RQ command set by
+    keyword, valued as pydicom reads them (str for UI and AE, int for US and UL), or None for
+    any other command set or anything unusual (an element its request does not have, an
+    empty or multiple value, a byte beyond ASCII, tags out of order, a short element, a data
+    set announced where none belongs or missing where one does), which pydicom then reads.
 
     Command sets are Implicit VR Little Endian (PS3.7 6.3.1).
     """
@@ -282,7 +307,7 @@ def decode_store_request(data: bytes | bytearray | memoryview) -> dict[str, Any]
         group, number, length = _ELEMENT_HEADER.unpack_from(view, offset)
         tag = group << 16 | number
         offset += 8
-        known = _STORE_REQUEST_ELEMENTS.get(tag)
+        known = _REQUEST_ELEMENTS.get(tag)
         if known is None or tag <= previous or length == 0 or offset + length > end:
             return None
         previous = tag
@@ -305,9 +330,18 @@ def decode_store_request(data: bytes | bytearray | memoryview) -> dict[str, Any]
             fields[keyword] = (
                 text.decode("ascii").rstrip("\0 ") if vr == "UI" else text.decode("ascii").strip()
             )
-    if (
-        fields.get("CommandField") != _C_STORE_RQ_FIELD
-        or fields.get("CommandDataSetType", _NO_DATA_SET) == _NO_DATA_SET
-    ):
+    request = _REQUESTS.get(fields.get("CommandField", -1))
+    if request is None:
+        return None
+    keywords, with_data_set = request
+    if "CommandDataSetType" not in fields or not fields.keys() <= keywords:
+        return None
+    if (fields["CommandDataSetType"] != _NO_DATA_SET) != with_data_set:
         return None
     return fields
+
+
+def decode_store_request(data: bytes | bytearray | memoryview) -> dict[str, Any] | None:
+    """decode_request's fields of a C-STORE-RQ command set, or None for any other."""
+    fields = decode_request(data)
+    return fields if fields is not None and fields["CommandField"] == C_STORE_RQ_FIELD else None

@@ -526,12 +526,12 @@ class LeanAssociation:
         return min(maximum + _PDV_HEADROOM, DIRECT_PDU_LIMIT)
 
     def _receive_data(self, body: bytes, answer: bool) -> None:
-        from core.dicom_reactor import ReceivedData
+        from core.dicom_reactor import ReceivedData, new_message
 
         try:
             values = ReceivedData(bytearray(body)).to_primitive()
             if self._message is None:
-                self._message = DIMSEMessage()
+                self._message = new_message()
             complete = self._message.decode_msg(values)
         except Exception:
             logger.warning("association with %s: malformed P-DATA", self.requestor.ae_title)

@@ -14,7 +14,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import generate_uid
 from pynetdicom import dimse, dimse_messages, service_class
-from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_MOVE, C_STORE
+from pynetdicom.dimse_primitives import C_CANCEL, C_ECHO, C_FIND, C_MOVE, C_STORE
 from pynetdicom.dsutils import decode as dsutils_decode
 
 from core import dicom_codec
@@ -350,6 +350,91 @@ def test_an_odd_store_request_is_received_as_pynetdicom_receives_it() -> None:
     assert store_parameters(ours.message_to_primitive()) == store_parameters(
         theirs.message_to_primitive()
     )
+
+
+def other_requests() -> list[tuple[Any, Any]]:
+    """C-ECHO, C-FIND and C-CANCEL requests as workstations send them, each with the
+    pynetdicom message class that encodes it."""
+    requests: list[tuple[Any, Any]] = []
+    for number in range(12):
+        message_id = (1, 65535, 2 + number * 997 % 65533)[number % 3]
+        echo = C_ECHO()
+        echo.MessageID, echo.AffectedSOPClassUID = message_id, "1.2.840.10008.1.1"
+        requests.append((echo, dimse_messages.C_ECHO_RQ))
+        find = C_FIND()
+        find.MessageID, find.Priority = message_id, number % 3
+        find.AffectedSOPClassUID = ("1.2.840.10008.5.1.4.1.2.2.1", "1.2.840.10008.5.1.4.31")[
+            number % 2
+        ]
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel, identifier.PatientName = "STUDY", f"DOE{number}*"
+        identifier.StudyInstanceUID = ""
+        find.Identifier = BytesIO(pydicom_bytes(identifier, implicit=number % 2 == 0))
+        requests.append((find, dimse_messages.C_FIND_RQ))
+        cancel = C_CANCEL()
+        cancel.MessageIDBeingRespondedTo = message_id
+        requests.append((cancel, dimse_messages.C_CANCEL_RQ))
+    return requests
+
+
+def request_parameters(primitive: Any) -> tuple[Any, ...]:
+    names = ("MessageID", "MessageIDBeingRespondedTo", "AffectedSOPClassUID", "Priority")
+    data_set = getattr(primitive, "Identifier", None)
+    return (
+        type(primitive),
+        *(getattr(primitive, name, None) for name in names),
+        primitive._context_id,
+        data_set.getvalue() if data_set is not None else None,
+    )
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16382, 64])
+def test_echo_find_and_cancel_requests_are_read_directly_as_pynetdicom_reads_them(
+    max_pdu: int,
+) -> None:
+    from core.dicom_reactor import DirectRequest
+
+    for request, message_class in other_requests():
+        message = message_class()
+        message.primitive_to_message(request)
+        p_data = list(message.encode_msg(3, max_pdu))
+        command = b"".join(
+            bytes(value[1:])
+            for pdata in p_data
+            for _, value in pdata.presentation_data_value_list
+            if value[0] & 1
+        )
+        by_pydicom = dsutils_decode(BytesIO(command), True, True)
+        assert dicom_codec.decode_request(command) == {e.keyword: e.value for e in by_pydicom}
+        theirs = received(dimse_messages.DIMSEMessage(), p_data)
+        ours = received(fast_message(), as_views(p_data))
+        assert isinstance(ours, DirectRequest)  # read directly, not by pydicom
+        assert type(ours).__name__ == type(theirs).__name__  # pynetdicom goes by the name
+        assert request_parameters(ours.message_to_primitive()) == request_parameters(
+            theirs.message_to_primitive()
+        )
+        assert ours.command_set == theirs.command_set  # pydicom's reading, when asked for
+
+
+def test_odd_echo_find_and_cancel_requests_are_left_to_pydicom() -> None:
+    def command(**elements: Any) -> bytes:
+        ds = Dataset()
+        for keyword, value in elements.items():
+            setattr(ds, keyword, value)
+        return command_bytes(ds)
+
+    echo = {"AffectedSOPClassUID": "1.2.840.10008.1.1", "CommandField": 0x0030, "MessageID": 1}
+    find = {**echo, "AffectedSOPClassUID": "1.2.840.10008.5.1.4.1.2.2.1", "CommandField": 0x20}
+    assert dicom_codec.decode_request(command(**echo, CommandDataSetType=0x0101)) is not None
+    for odd in (
+        command(**echo, CommandDataSetType=0x0000),  # a data set after a C-ECHO-RQ
+        command(**echo),  # no Command Data Set Type
+        command(**echo, Priority=0, CommandDataSetType=0x0101),  # not an element of C-ECHO-RQ
+        command(**find, Priority=0, CommandDataSetType=0x0101),  # a C-FIND-RQ without one
+        command(CommandField=0x0FFF, MessageID=1, CommandDataSetType=0x0101),  # C-CANCEL-RQ
+        command(**{**echo, "CommandField": 0x0021}, Priority=0, CommandDataSetType=0),  # C-MOVE
+    ):
+        assert dicom_codec.decode_request(odd) is None, odd
 
 
 def test_p_data_items_are_split_as_pynetdicom_splits_them() -> None:
