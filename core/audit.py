@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol, TypedDict, Unpack
 
 from django.db import (
@@ -24,7 +25,7 @@ from django.db import (
 from django.http import HttpRequest
 from django.utils import timezone
 
-from core.db import insert_row
+from core.db import insert_row, insert_row_beside
 from core.listeners import wait_drained
 from core.models import AuditEvent
 
@@ -144,6 +145,25 @@ def record_soon(action: str, **facts: Unpack[Facts]) -> None:
     association is over. Patient data access is recorded with `record`.
     """
     _writer().put(_build(action, None, **facts))
+
+
+def record_beside(action: str, **facts: Unpack[Facts]) -> Callable[[], AuditEvent]:
+    """Send one audit event to the database now, outside any transaction, and return the
+    function that waits for its commit (and raises what stopped it, as `record` would):
+    PostgreSQL commits the row while the caller goes on. The caller must call it before it
+    answers, and use the database for nothing else meanwhile (core.db.insert_row_beside).
+
+    For an access whose row would otherwise hold up the answer: a C-FIND's is committed
+    while its matches go out, and is in the trail before the final response.
+    """
+    event = _build(action, None, **facts)
+    finish = insert_row_beside(event)
+
+    def committed() -> AuditEvent:
+        finish()
+        return event
+
+    return committed
 
 
 def flush(timeout: float = 10.0) -> bool:

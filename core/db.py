@@ -20,7 +20,8 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections, models, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.signals import post_save, pre_save
-from psycopg import ClientCursor
+from psycopg import ClientCursor, generators
+from psycopg import errors as psycopg_errors
 from psycopg.pq import ExecStatus, TransactionStatus
 
 Rows = list[tuple[Any, ...]]
@@ -101,6 +102,68 @@ def insert_row(instance: models.Model, *, wait: bool = True) -> None:
         execute_later(statement, values, written, using=connection.alias)
         return
     written(fetch(statement, values, using=connection.alias))
+
+
+def insert_row_beside(instance: models.Model) -> Callable[[], None]:
+    """Send INSTANCE's INSERT now, in a transaction of its own, and return the function that
+    waits for its answer (the row is then committed and its primary key set; an error is
+    raised there). PostgreSQL writes and commits the row while the caller goes on, which
+    must call the function before anything else uses this thread's connection.
+
+    Where that cannot be (not PostgreSQL, inside a transaction, Django's debug cursor, a
+    model with save receivers), the row is written at once and the function does nothing.
+    """
+    model = type(instance)
+    connection = connections[router.db_for_write(model, instance=instance)]
+    if (
+        connection.vendor != "postgresql"
+        or connection.in_atomic_block
+        or connection.queries_logged
+        or pre_save.has_listeners(model)
+        or post_save.has_listeners(model)
+        or model._meta.auto_field is None
+        or instance.pk is not None
+    ):
+        insert_row(instance)
+        return _nothing
+    _fast_cursor(connection)  # connected, and no broken transaction
+    raw = connection.connection
+    if raw.pgconn.transaction_status != _IDLE or not raw.autocommit:
+        insert_row(instance)
+        return _nothing
+    instance._prepare_related_fields_for_save(operation_name="save")  # type: ignore[attr-defined]
+    key = (model, connection.alias)
+    statement = _STATEMENTS.get(key)
+    if statement is None:
+        statement = _STATEMENTS[key] = _insert_statement(model, connection, True)
+    values = [
+        field.get_db_prep_save(field.pre_save(instance, add=True), connection)
+        for field in model._meta.concrete_fields
+        if not field.primary_key
+    ]
+    pgconn = raw.pgconn
+    with connection.wrap_database_errors:
+        # One query string, the values quoted by psycopg as execute() would; the simple
+        # protocol commits it on its own (no BEGIN: the connection is in autocommit).
+        text = _client_cursor(connection).mogrify(statement, values)
+        pgconn.send_query(text.encode(raw.info.encoding))
+        raw.wait(generators.send(pgconn))
+
+    def answered() -> None:
+        with connection.wrap_database_errors:
+            results = raw.wait(generators.fetch_many(pgconn))
+            for result in results:
+                if result.status == ExecStatus.FATAL_ERROR:
+                    raise psycopg_errors.error_from_result(result, encoding=raw.info.encoding)
+        instance.pk = int(results[0].get_value(0, 0))  # type: ignore[arg-type]
+        instance._state.adding = False
+        instance._state.db = connection.alias
+
+    return answered
+
+
+def _nothing() -> None:
+    return None
 
 
 def insert_rows(parent: models.Model, child: models.Model, link: str) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -536,23 +537,33 @@ FIRST_ROWS = 100
 STREAM_CHUNK = 500
 
 
-def stream(rows: QuerySet[Any]) -> Iterator[Any]:
-    """Yield ROWS (a query in a stable order): the first FIRST_ROWS by one query, the rest,
-    if any, through a cursor."""
+def match_rows(query: FindQuery) -> tuple[list[Any], Iterator[Any] | None]:
+    """The rows matching QUERY, in a stable order: the first FIRST_ROWS by one query, and,
+    when there may be more, an iterator over the rest through a cursor (else None)."""
+    rows = level_rows(query)
     first = list(rows[:FIRST_ROWS])
-    yield from first
-    if len(first) == FIRST_ROWS:
-        yield from rows[FIRST_ROWS:].iterator(chunk_size=STREAM_CHUNK)
+    if len(first) < FIRST_ROWS:
+        return first, None
+    return first, rows[FIRST_ROWS:].iterator(chunk_size=STREAM_CHUNK)
 
 
-def matches(query: FindQuery, identifier: Dataset, *, retrieve_ae_title: str) -> Iterator[Dataset]:
-    """Yield the response identifiers of QUERY (built from IDENTIFIER), streaming the rows."""
-    for row in stream(level_rows(query)):
+def responses(
+    rows: Iterable[Any], query: FindQuery, identifier: Dataset, retrieve_ae_title: str
+) -> Iterator[Dataset]:
+    """Yield the response identifier of each of ROWS, matches of QUERY (built from IDENTIFIER)."""
+    for row in rows:
         response = response_identifier(records_of(row, query.level), query.keys)
         response.QueryRetrieveLevel = query.level
         if "RetrieveAETitle" in identifier:
             response.RetrieveAETitle = retrieve_ae_title
         yield response
+
+
+def matches(query: FindQuery, identifier: Dataset, *, retrieve_ae_title: str) -> Iterator[Dataset]:
+    """Yield the response identifiers of QUERY (built from IDENTIFIER), streaming the rows."""
+    first, rest = match_rows(query)
+    rows = first if rest is None else itertools.chain(first, rest)
+    yield from responses(rows, query, identifier, retrieve_ae_title)
 
 
 def unique_key(level: str) -> str:

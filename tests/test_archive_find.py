@@ -179,8 +179,34 @@ def test_every_query_is_in_the_audit_trail_before_its_final_response(archive: in
     # c_find returns once the final response is in: the row is committed by then.
     event = AuditEvent.objects.get(action="query", channel="dicom")
     assert event.object_type == "pacs.study"
-    assert event.detail.startswith("1 result(s); C-FIND study root completed")
+    assert event.detail.startswith("1 result(s); C-FIND study root; keys: ")
     assert "PatientID" in event.detail
+
+
+def test_a_query_whose_audit_row_cannot_be_written_ends_in_a_failure(
+    archive: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row is committed beside the matches (core.audit.record_beside); the final
+    response waits for it, and fails when it could not be written."""
+    from core import audit
+    from core.models import AuditEvent
+
+    built = audit._build
+
+    def unwritable(action: str, *args: object, **kwargs: object) -> AuditEvent:
+        event = built(action, *args, **kwargs)  # type: ignore[arg-type]
+        if action == "query":
+            event.detail = None  # type: ignore[assignment]  # NOT NULL: the INSERT fails
+        return event
+
+    monkeypatch.setattr(audit, "_build", unwritable)
+    _, final = c_find(archive, query("STUDY", PatientID="P1"))
+    assert 0xC000 <= final.Status <= 0xCFFF  # unable to process
+    assert not AuditEvent.objects.filter(action="query").exists()
+    monkeypatch.setattr(audit, "_build", built)
+    matches, final = c_find(archive, query("STUDY", PatientID="P1"))  # the listener goes on
+    assert final.Status == 0x0000 and len(matches) == 1
+    assert AuditEvent.objects.filter(action="query").count() == 1
 
 
 @pytest.mark.parametrize("level", ["PATIENT", "STUDY", "SERIES", "IMAGE"])

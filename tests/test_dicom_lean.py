@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import threading
@@ -20,6 +21,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from bench import replay
 from core import dicom_lean
 from core.dicom_server import ArchiveAE, build_ae, start
+from core.models import AuditEvent
 from pacs import dimse, selectors
 from pacs.dimse import STATUS_CANCEL, STATUS_PENDING, STATUS_SUCCESS
 from tests.netutil import DEADLINE, wait_until
@@ -118,7 +120,8 @@ def test_c_cancel_stops_a_lean_query(
         for number in range(1, total):
             yield _reply(number)
 
-    monkeypatch.setattr(selectors, "matches", matches)
+    monkeypatch.setattr(selectors, "match_rows", lambda query: (list(range(total)), None))
+    monkeypatch.setattr(selectors, "responses", matches)
     query = _study()
     assoc = _associate(port, [StudyRootQueryRetrieveInformationModelFind])
     responses = assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind, msg_id=9)
@@ -130,6 +133,13 @@ def test_c_cancel_stops_a_lean_query(
     assoc.release()
     assert statuses[-1] == STATUS_CANCEL
     assert len(statuses) < total - 1
+    # What was found, then what was sent before the cancel, both in the audit trail.
+    details = list(
+        AuditEvent.objects.filter(action="query").order_by("id").values_list("detail", flat=True)
+    )
+    assert details[0].startswith(f"{total} result(s); C-FIND study root; keys: ")
+    sent = rf"\d+ of {total} result\(s\) sent; C-FIND study root cancelled; keys: "
+    assert re.match(sent, details[1])
 
 
 def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
@@ -152,7 +162,7 @@ def test_a_release_sent_with_the_query_is_answered_after_its_final_response(
     server: tuple[ArchiveAE, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, port = server
-    monkeypatch.setattr(selectors, "matches", lambda *a, **k: iter([_reply(1), _reply(2)]))
+    monkeypatch.setattr(selectors, "responses", lambda *a, **k: iter([_reply(1), _reply(2)]))
     sock, context_id, implicit = replay.associate(
         port, SCP_AE_TITLE, "LEANSCU", replay.STUDY_ROOT_FIND
     )
