@@ -354,3 +354,33 @@ def test_connection_threads_are_kept_for_the_next_connection_and_end_on_stop() -
     for thread in threads:
         thread.join(DEADLINE)
     assert len(threads) == 2 and not any(thread.is_alive() for thread in threads)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_seen_before_is_negotiated_by_each_server_for_itself(settings: Any) -> None:
+    """The same A-ASSOCIATE-RQ, read once and kept, to a server that offers the query and
+    to one that does not: each answers from its own contexts, the second time too."""
+    settings.DICOM_INTAKE_JOURNAL = False
+    settings.DICOM_ACCEPT_UNKNOWN_AE = True
+    aes, ports = [], []
+    for services in (
+        ["pacs.dimse.verification_service", "pacs.dimse.query_service"],
+        ["pacs.dimse.verification_service"],
+    ):
+        settings.DICOM_SERVICES = services
+        ae = build_ae(SCP_AE_TITLE)
+        aes.append(ae)
+        ports.append(int(start(ae, "127.0.0.1", 0, block=False).server_address[1]))
+    try:
+        for _ in range(3):
+            sock, _, _ = replay.associate(ports[0], SCP_AE_TITLE, "LEANSCU", replay.STUDY_ROOT_FIND)
+            replay.release(sock)
+            with pytest.raises(ConnectionError, match="no presentation context accepted"):
+                replay.associate(ports[1], SCP_AE_TITLE, "LEANSCU", replay.STUDY_ROOT_FIND)
+        kept = [ae._servers[0].__dict__.get("_lean_negotiated", {}) for ae in aes]
+        assert [len(negotiated) for negotiated in kept] == [1, 1]
+        [accepted], [refused] = (next(iter(negotiated.values())) for negotiated in kept)
+        assert (accepted.result, refused.result) == (0x00, 0x03)  # PS3.8 9.3.3.2
+    finally:
+        for ae in aes:
+            ae.shutdown()
