@@ -144,7 +144,8 @@ def record_soon(action: str, **facts: Unpack[Facts]) -> None:
     listener flushes when the association ends, so a row is committed before its
     association is over. Patient data access is recorded with `record`.
     """
-    _writer().put(_build(action, None, **facts))
+    # Built by the writer too: a model instance costs the caller's thread about 0.1 ms.
+    _writer().put((action, facts))
 
 
 def record_beside(action: str, **facts: Unpack[Facts]) -> Callable[[], AuditEvent]:
@@ -178,9 +179,9 @@ class _Writer(threading.Thread):
 
     def __init__(self) -> None:
         super().__init__(name="audit-writer", daemon=True)
-        self.events: queue.Queue[AuditEvent] = queue.Queue()
+        self.events: queue.Queue[tuple[str, Facts]] = queue.Queue()
 
-    def put(self, event: AuditEvent) -> None:
+    def put(self, event: tuple[str, Facts]) -> None:
         self.events.put(event)
 
     def flush(self, timeout: float) -> bool:
@@ -188,9 +189,11 @@ class _Writer(threading.Thread):
 
     def run(self) -> None:
         while True:
-            event = self.events.get()
+            action, facts = self.events.get()
             try:
-                self._commit(event)
+                self._commit(_build(action, None, **facts))
+            except Exception:  # facts it cannot make an event of: logged, the writer goes on
+                logger.exception("audit event cannot be made: %s %s", action, facts)
             finally:
                 if self.events.empty():
                     # The connection goes back to the pool at once: this thread lives as
