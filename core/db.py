@@ -75,23 +75,12 @@ def insert_row(instance: models.Model, *, wait: bool = True) -> None:
     if pre_save.has_listeners(model) or post_save.has_listeners(model) or meta.auto_field is None:
         instance.save(force_insert=True)
         return
-    instance._prepare_related_fields_for_save(operation_name="save")  # type: ignore[attr-defined]
     connection = connections[router.db_for_write(model, instance=instance)]
     returning = connection.features.can_return_columns_from_insert
-    key = (model, connection.alias)
-    statement = _STATEMENTS.get(key)
-    if statement is None:
-        statement = _STATEMENTS[key] = _insert_statement(model, connection, returning)
-    values = [
-        field.get_db_prep_save(field.pre_save(instance, add=True), connection)
-        for field in meta.concrete_fields
-        if not field.primary_key
-    ]
+    statement, values = _insert_of(instance, connection, returning)
 
     def written(rows: Rows) -> None:
-        instance.pk = rows[0][0]
-        instance._state.adding = False
-        instance._state.db = connection.alias
+        _written(instance, connection, rows[0][0])
 
     if not returning:  # no RETURNING (SQLite before 3.35): the id comes from the cursor
         with connection.cursor() as cursor:
@@ -131,16 +120,7 @@ def insert_row_beside(instance: models.Model) -> Callable[[], None]:
     if raw.pgconn.transaction_status != _IDLE or not raw.autocommit:
         insert_row(instance)
         return _nothing
-    instance._prepare_related_fields_for_save(operation_name="save")  # type: ignore[attr-defined]
-    key = (model, connection.alias)
-    statement = _STATEMENTS.get(key)
-    if statement is None:
-        statement = _STATEMENTS[key] = _insert_statement(model, connection, True)
-    values = [
-        field.get_db_prep_save(field.pre_save(instance, add=True), connection)
-        for field in model._meta.concrete_fields
-        if not field.primary_key
-    ]
+    statement, values = _insert_of(instance, connection, True)
     pgconn = raw.pgconn
     with connection.wrap_database_errors:
         # One query string, the values quoted by psycopg as execute() would; the simple
@@ -155,11 +135,33 @@ def insert_row_beside(instance: models.Model) -> Callable[[], None]:
             for result in results:
                 if result.status == ExecStatus.FATAL_ERROR:
                     raise psycopg_errors.error_from_result(result, encoding=raw.info.encoding)
-        instance.pk = int(results[0].get_value(0, 0))  # type: ignore[arg-type]
-        instance._state.adding = False
-        instance._state.db = connection.alias
+        _written(instance, connection, int(results[0].get_value(0, 0)))  # type: ignore[arg-type]
 
     return answered
+
+
+def _insert_of(
+    instance: models.Model, connection: BaseDatabaseWrapper, returning: bool
+) -> tuple[str, list[Any]]:
+    """The INSERT of INSTANCE, a new row, and its values, as Model.save() makes them."""
+    model = type(instance)
+    instance._prepare_related_fields_for_save(operation_name="save")  # type: ignore[attr-defined]
+    key = (model, connection.alias)
+    statement = _STATEMENTS.get(key)
+    if statement is None:
+        statement = _STATEMENTS[key] = _insert_statement(model, connection, returning)
+    values = [
+        field.get_db_prep_save(field.pre_save(instance, add=True), connection)
+        for field in model._meta.concrete_fields
+        if not field.primary_key
+    ]
+    return statement, values
+
+
+def _written(instance: models.Model, connection: BaseDatabaseWrapper, pk: Any) -> None:
+    instance.pk = pk
+    instance._state.adding = False
+    instance._state.db = connection.alias
 
 
 def _nothing() -> None:
