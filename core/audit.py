@@ -148,7 +148,7 @@ def record_soon(action: str, **facts: Unpack[Facts]) -> None:
     _writer().put((action, facts))
 
 
-def record_beside(action: str, **facts: Unpack[Facts]) -> Callable[[], AuditEvent]:
+def record_beside(action: str, **facts: Unpack[Facts]) -> Callable[[], None]:
     """Send one audit event to the database now, outside any transaction, and return the
     function that waits for its commit (and raises what stopped it, as `record` would):
     PostgreSQL commits the row while the caller goes on. The caller must call it before it
@@ -157,14 +157,7 @@ def record_beside(action: str, **facts: Unpack[Facts]) -> Callable[[], AuditEven
     For an access whose row would otherwise hold up the answer: a C-FIND's is committed
     while its matches go out, and is in the trail before the final response.
     """
-    event = _build(action, None, **facts)
-    finish = insert_row_beside(event)
-
-    def committed() -> AuditEvent:
-        finish()
-        return event
-
-    return committed
+    return insert_row_beside(_build(action, None, **facts))
 
 
 def flush(timeout: float = 10.0) -> bool:

@@ -339,9 +339,3 @@ def decode_request(data: bytes | bytearray | memoryview) -> dict[str, Any] | Non
     if (fields["CommandDataSetType"] != _NO_DATA_SET) != with_data_set:
         return None
     return fields
-
-
-def decode_store_request(data: bytes | bytearray | memoryview) -> dict[str, Any] | None:
-    """decode_request's fields of a C-STORE-RQ command set, or None for any other."""
-    fields = decode_request(data)
-    return fields if fields is not None and fields["CommandField"] == C_STORE_RQ_FIELD else None

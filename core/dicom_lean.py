@@ -130,7 +130,7 @@ class AssociateRequest:
     calling_ae_title: bytes
     contexts: list[PresentationContext]
     maximum_length: int  # PS3.8 D.1: the longest P-DATA-TF the requestor takes; 0, any
-    items: bytes = b""  # the variable items as received (from byte 74), which key the caches
+    items: bytes  # the variable items as received (from byte 74), which key the caches
 
 
 # What recent A-ASSOCIATE-RQs' variable items read as, and what they negotiated to on a
@@ -493,16 +493,13 @@ class LeanAssociation:
     def _negotiated(self, request: AssociateRequest) -> list[PresentationContext]:
         """The presentation contexts REQUEST negotiates to on this server (PS3.8 9.3.3.2),
         each this association's own copy."""
-        kept: dict[bytes, list[PresentationContext]] = self._server.__dict__.setdefault(
-            "_lean_negotiated", {}
-        )
-        results = kept.get(request.items) if request.items else None
+        kept = self._server.lean_negotiated
+        results = kept.get(request.items)
         if results is None:
             results, _ = negotiate_as_acceptor(request.contexts, self._server.contexts, {})
-            if request.items:
-                if len(kept) >= KEPT:
-                    kept.clear()
-                kept[request.items] = results
+            if len(kept) >= KEPT:
+                kept.clear()
+            kept[request.items] = results
         return [copy.copy(context) for context in results]
 
     def send(self, data: bytes) -> None:

@@ -559,6 +559,8 @@ class FastAssociationServer(SharedListener, ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
         self.contexts = _SharedContexts(self.contexts)
         self._lean_count = 0
+        # A-ASSOCIATE-RQ items -> the contexts they negotiate to here (core.dicom_lean).
+        self.lean_negotiated: dict[bytes, list[Any]] = {}
         self._lean_lock = threading.Lock()
         # Connections being read or served on their accepting thread, closed on shutdown.
         self._lean_sockets: set[socket.socket] = set()

@@ -9,7 +9,6 @@ calling node, call a service or selector, answer with a named status.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Iterator
@@ -262,7 +261,7 @@ def handle_find(event: Event) -> Iterator[tuple[int, Dataset | None]]:
         return
     retrieve_ae_title = event.assoc.ae.ae_title
 
-    def recorded(detail: str, *, beside: bool = False) -> Callable[[], Any] | None:
+    def recorded(detail: str, *, beside: bool = False) -> Callable[[], None] | None:
         facts: audit.Facts = {
             "actor_name": ae_title,
             "channel": audit.Channel.DICOM,
@@ -293,7 +292,7 @@ def handle_find(event: Event) -> Iterator[tuple[int, Dataset | None]]:
 
     try:
         count = 0
-        rows = first if rest is None else itertools.chain(first, rest)
+        rows = itertools.chain(first, rest or ())
         for response in selectors.responses(rows, query, identifier, retrieve_ae_title):
             if event.is_cancelled:
                 if rest is None:
@@ -311,9 +310,12 @@ def handle_find(event: Event) -> Iterator[tuple[int, Dataset | None]]:
         else:
             recorded(f"{count} result(s); C-FIND {model} root")
     finally:
-        # The association ended before the final response: the connection is read clear.
-        with contextlib.suppress(Exception):
+        # The association ended before the final response: the connection is read clear,
+        # and a row that could not be written is in the log at least.
+        try:
             wait_for_the_row()
+        except Exception:
+            logger.exception("C-FIND audit row from %s not written", ae_title)
 
 
 def query_service(ae: ApplicationEntity) -> list[EventHandler]:

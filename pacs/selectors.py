@@ -562,8 +562,7 @@ def responses(
 def matches(query: FindQuery, identifier: Dataset, *, retrieve_ae_title: str) -> Iterator[Dataset]:
     """Yield the response identifiers of QUERY (built from IDENTIFIER), streaming the rows."""
     first, rest = match_rows(query)
-    rows = first if rest is None else itertools.chain(first, rest)
-    yield from responses(rows, query, identifier, retrieve_ae_title)
+    yield from responses(itertools.chain(first, rest or ()), query, identifier, retrieve_ae_title)
 
 
 def unique_key(level: str) -> str:

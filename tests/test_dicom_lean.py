@@ -377,7 +377,7 @@ def test_a_request_seen_before_is_negotiated_by_each_server_for_itself(settings:
             replay.release(sock)
             with pytest.raises(ConnectionError, match="no presentation context accepted"):
                 replay.associate(ports[1], SCP_AE_TITLE, "LEANSCU", replay.STUDY_ROOT_FIND)
-        kept = [ae._servers[0].__dict__.get("_lean_negotiated", {}) for ae in aes]
+        kept = [ae._servers[0].lean_negotiated for ae in aes]
         assert [len(negotiated) for negotiated in kept] == [1, 1]
         [accepted], [refused] = (next(iter(negotiated.values())) for negotiated in kept)
         assert (accepted.result, refused.result) == (0x00, 0x03)  # PS3.8 9.3.3.2
