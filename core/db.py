@@ -17,9 +17,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.exceptions import EmptyResultSet, FullResultSet
 from django.db import DEFAULT_DB_ALIAS, connections, models, router
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import QuerySet
 from django.db.models.signals import post_save, pre_save
+from django.db.models.sql import Query
 from psycopg import ClientCursor, generators
 from psycopg import errors as psycopg_errors
 from psycopg.pq import ExecStatus, TransactionStatus
@@ -499,3 +502,104 @@ def _log(connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any], start
     connection.queries_log.append(
         {"sql": f"{sql} -- {list(params)!r}", "time": f"{time.monotonic() - started:.3f}"}
     )
+
+
+# ---------------------------------------------------------------- queries of one shape
+
+
+def shaped(model: type[models.Model]) -> QuerySet[Any]:
+    """MODEL's rows, as MODEL.objects.all(), but compiled once per shape: queries built the
+    same way and differing only in their values reuse the SQL of the first.
+
+    Django builds the whole SQL of a query every time, its select list and ORDER BY too:
+    about 0.3 ms of a C-FIND matching a study, more than PostgreSQL takes to answer it.
+    Here only the WHERE clause is compiled, for the values; the rest, and what Django
+    reads the rows with, is kept from the first query of that shape (its WHERE, joins,
+    ordering, slice, selected columns). A query whose other parts take values of their
+    own is compiled whole every time.
+    """
+    return QuerySet(model=model, query=_ShapedQuery(model))
+
+
+class _ShapedQuery(Query):
+    def get_compiler(
+        self,
+        using: str | None = None,
+        connection: BaseDatabaseWrapper | None = None,
+        elide_empty: bool = True,
+    ) -> Any:
+        if connection is None:
+            connection = connections[using or DEFAULT_DB_ALIAS]
+        base = connection.ops.compiler(self.compiler)
+        compiler = _SHAPED_COMPILERS.get(base)
+        if compiler is None:
+            compiler = type(f"Shaped{base.__name__}", (_Shaped, base), {})
+            _SHAPED_COMPILERS[base] = compiler
+        return compiler(self, connection, using, elide_empty)
+
+
+class _Shaped:
+    """A compiler that keeps, per shape of query, what as_sql makes besides the WHERE."""
+
+    query: Query
+    connection: BaseDatabaseWrapper
+
+    def as_sql(self, with_limits: bool = True, with_col_aliases: bool = False) -> Any:
+        query = self.query
+        try:
+            where, params = self.compile(query.where)  # type: ignore[attr-defined]
+        except FullResultSet:
+            where, params = "", []
+        except EmptyResultSet:  # Django answers it without a query, or with "0 = 1"
+            return super().as_sql(with_limits, with_col_aliases)  # type: ignore[misc]
+        key = (
+            self.connection.alias,
+            query.model,
+            with_limits,
+            with_col_aliases,
+            where,
+            tuple(
+                (alias, join.table_name, join.join_type, getattr(join, "parent_alias", None))
+                for alias, join in query.alias_map.items()
+            ),
+            query.order_by,
+            query.low_mark,
+            query.high_mark,
+            query.distinct,
+            query.default_cols,
+            repr(query.select_related),
+            query.values_select,
+            repr(query.annotations),
+            repr(query.group_by),
+        )
+        shape = _SHAPES.get(key)
+        if shape is not None:
+            sql, self.select, self.klass_info, self.annotation_col_map, self.col_count = shape
+            self.has_extra_select = False
+            return sql, tuple(params)
+        sql, all_params = super().as_sql(with_limits, with_col_aliases)  # type: ignore[misc]
+        # Kept only when the WHERE's values are all the query's values, in the same order
+        # (a select list or ordering of their own would take values too).
+        if tuple(all_params) == tuple(params) and not self.has_extra_select:
+            if len(_SHAPES) >= KEPT_SHAPES:
+                _SHAPES.clear()
+            _SHAPES[key] = (
+                sql,
+                self.select,
+                self.klass_info,
+                self.annotation_col_map,
+                self.col_count,
+            )
+        return sql, all_params
+
+    # Set by as_sql (SQLCompiler's own attributes).
+    select: Any
+    klass_info: Any
+    annotation_col_map: Any
+    col_count: int
+    has_extra_select: bool
+
+
+KEPT_SHAPES = 256
+_SHAPES: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+_SHAPED_COMPILERS: dict[type[Any], type[Any]] = {}

@@ -22,6 +22,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 
 from core import roles
+from core.db import shaped
 from core.dicom_elements import trusted_element
 from core.permissions import can
 from pacs.lookups import wildcard_to_like
@@ -407,14 +408,16 @@ _STUDY_LOOKUP = {
 
 
 def level_rows(query: FindQuery, visible: QuerySet[Study] | None = None) -> QuerySet[Any]:
-    """The rows matching QUERY at its level, among VISIBLE studies when given, in a stable order."""
+    """The rows matching QUERY at its level, among VISIBLE studies when given, in a stable order
+    (compiled once per shape of query: core.db.shaped)."""
     conditions = query.conditions
     if visible is not None:
         lookup = _STUDY_LOOKUP[query.level]
         conditions &= Q(**{lookup: visible.order_by().values("pk")})
     if query.level == PATIENT:
         return (
-            Study.objects.filter(conditions)
+            shaped(Study)
+            .filter(conditions)
             .values("dicom_patient_id", "issuer_of_patient_id")
             .annotate(
                 name=Max("patient_name"),
@@ -427,15 +430,17 @@ def level_rows(query: FindQuery, visible: QuerySet[Study] | None = None) -> Quer
             .order_by("dicom_patient_id", "issuer_of_patient_id")
         )
     if query.level == STUDY:
-        return Study.objects.filter(conditions).order_by("study_date", "id")
+        return shaped(Study).filter(conditions).order_by("study_date", "id")
     if query.level == SERIES:
         return (
-            Series.objects.filter(conditions)
+            shaped(Series)
+            .filter(conditions)
             .select_related("study")
             .order_by("study_id", "series_number", "id")
         )
     return (
-        Instance.objects.filter(conditions)
+        shaped(Instance)
+        .filter(conditions)
         .select_related("series__study")
         .order_by("series__study_id", "series_id", "instance_number", "id")
     )

@@ -197,3 +197,66 @@ def test_a_commit_sent_with_a_failing_row_commits_nothing_and_the_connection_goe
             assert cursor.fetchone() == (4,)
     finally:
         other.close()
+
+
+def test_a_shaped_query_is_the_sql_django_makes_and_compiled_once_per_shape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """core.db.shaped: each query's SQL and values are Django's own, whatever its shape (a
+    join, a related select, aggregates, a slice, an IN list); the second query of a shape,
+    with other values, is not compiled whole again; its rows are read as Django reads them."""
+    from django.db.models import Count, Max, Q, QuerySet
+    from django.db.models.sql.compiler import SQLCompiler
+
+    from core.db import shaped
+
+    patient = factories.patient()
+    for number in range(3):
+        Order.objects.create(accession_number=f"SHAPE-{number}", patient=patient, reason="X")
+
+    def variants(values: list[str]) -> list[Any]:
+        def built(rows: QuerySet[Any]) -> list[QuerySet[Any]]:
+            return [
+                rows.filter(accession_number=values[0]).order_by("-id"),
+                rows.filter(Q(accession_number__in=values) | Q(reason=values[0]))[:2],
+                rows.filter(patient__family_name__startswith=values[0][:3]).select_related(
+                    "patient"
+                )[1:],
+                rows.filter(accession_number__gte=values[0])
+                .values("patient_id")
+                .annotate(last=Max("accession_number"), orders=Count("id"))
+                .order_by("patient_id"),
+                rows.all(),
+            ]
+
+        return list(zip(built(Order.objects.all()), built(shaped(Order)), strict=True))
+
+    def _seen(row: Model) -> dict[str, Any]:
+        """A row's fields, and those of the rows selected with it."""
+        seen = {key: value for key, value in vars(row).items() if key != "_state"}
+        for name, related in row._state.fields_cache.items():
+            seen[name] = _seen(related)
+        return seen
+
+    compiled: list[str] = []
+    whole = SQLCompiler.as_sql
+
+    def counted(self: SQLCompiler, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(str(self.query.model))
+        return whole(self, *args, **kwargs)
+
+    monkeypatch.setattr(SQLCompiler, "as_sql", counted)
+    for values in (["SHAPE-0", "SHAPE-1"], ["SHAPE-2", "SHAPE-9"]):
+        for plain, fast in variants(values):
+            assert str(fast.query) == str(plain.query)
+            assert fast.query.sql_with_params() == plain.query.sql_with_params()
+            if isinstance(plain[0] if plain else None, dict) or not plain:
+                assert list(fast) == list(plain)
+            else:
+                assert [_seen(row) for row in fast] == [_seen(row) for row in plain]
+    shaped_compiles = len(compiled)
+    compiled.clear()
+    for plain, fast in variants(["SHAPE-1", "SHAPE-2"]):
+        list(fast)
+    assert compiled == []  # every shape known: only WHEREs compiled
+    assert shaped_compiles > 0
