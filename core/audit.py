@@ -8,6 +8,7 @@ method, so this module needs no knowledge of the other apps' models.
 from __future__ import annotations
 
 import atexit
+import datetime as dt
 import itertools
 import logging
 import queue
@@ -74,6 +75,7 @@ class Facts(TypedDict, total=False):
     detail: str
     object_type: str
     object_id: str
+    occurred_at: dt.datetime
 
 
 def _build(
@@ -89,6 +91,7 @@ def _build(
     detail: str = "",
     object_type: str = "",
     object_id: str = "",
+    occurred_at: dt.datetime | None = None,
 ) -> AuditEvent:
     """The audit event of these facts, not saved; a request supplies the actor, channel and
     address."""
@@ -109,7 +112,7 @@ def _build(
     if object_id:
         fields["object_id"] = object_id
     event = AuditEvent(
-        occurred_at=timezone.now(),
+        occurred_at=occurred_at or timezone.now(),
         action=action,
         actor=actor,
         actor_name=actor_name[:150],
@@ -160,10 +163,64 @@ def record_beside(action: str, **facts: Unpack[Facts]) -> Callable[[], None]:
     return insert_row_beside(_build(action, None, **facts))
 
 
-def flush(timeout: float = 10.0) -> bool:
-    """Wait until every event queued by record_soon is committed; False on timeout."""
+def hold(action: str, **facts: Unpack[Facts]) -> None:
+    """Keep one event of this thread's connection, with the time it happened, until the
+    connection ends (`write_held`).
+
+    For a DICOM association that only verifies or queries (core.dicom_lean): its row is
+    written once the peer has the A-RELEASE-RP, and committed before the association's
+    thread serves anything else; every query in it is recorded, with the peer's AE title
+    and address, before its answer. A process killed while such an association is open
+    loses that association's row, not its queries' rows.
+    """
+    facts.setdefault("occurred_at", timezone.now())
+    with _HELD_CHANGED:
+        _held().append((action, facts))
+        _HELD_COUNT[0] += 1
+
+
+def write_held(timeout: float = 10.0) -> bool:
+    """Hand the events this thread holds to the audit writer, and wait until everything
+    queued for it is committed; False on timeout. For the end of a connection."""
+    for action, facts in _take_held():
+        _writer().put((action, facts))
     writer = _WRITER[0] if _WRITER else None
     return writer.flush(timeout) if writer is not None else True
+
+
+def flush(timeout: float = 10.0) -> bool:
+    """Wait until every event recorded so far is committed: those queued by record_soon,
+    and those held by connections (committed once each ends); False on timeout."""
+    deadline = time.monotonic() + timeout
+    with _HELD_CHANGED:
+        if not _HELD_CHANGED.wait_for(lambda: _HELD_COUNT[0] == 0, timeout):
+            return False
+    writer = _WRITER[0] if _WRITER else None
+    return writer.flush(max(deadline - time.monotonic(), 0)) if writer is not None else True
+
+
+# Events held by each thread (hold), and how many in all, for flush to wait on.
+_HELD = threading.local()
+_HELD_COUNT = [0]
+_HELD_CHANGED = threading.Condition()
+
+
+def _held() -> list[tuple[str, Facts]]:
+    held: list[tuple[str, Facts]] | None = getattr(_HELD, "events", None)
+    if held is None:
+        held = _HELD.events = []
+    return held
+
+
+def _take_held() -> list[tuple[str, Facts]]:
+    held = _held()
+    if not held:
+        return []
+    with _HELD_CHANGED:
+        taken, _HELD.events = held, []
+        _HELD_COUNT[0] -= len(taken)
+        _HELD_CHANGED.notify_all()
+    return taken
 
 
 class _Writer(threading.Thread):

@@ -437,6 +437,11 @@ class LeanAssociation:
             if self.is_established:
                 logger.info("association with %s closed without release", self.requestor.ae_title)
                 self._end_aborted()
+        except Exception:  # a fault here: the peer is told, and the association ends as aborted
+            logger.exception("association with %s: aborting", self.requestor.ae_title)
+            if self.is_established:
+                self._send_abort(ABORT_SOURCE_PROVIDER, 0)
+                self._end_aborted()
         finally:
             self._await_close()
 

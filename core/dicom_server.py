@@ -140,7 +140,7 @@ def usable_database() -> None:
 def _release_database(event: Event) -> None:
     """The association's thread ends: its audit events are committed, and its database
     connection goes back (to the pool)."""
-    audit.flush()
+    audit.write_held()
     connections.close_all()
 
 

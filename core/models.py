@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class AuditEvent(models.Model):
@@ -35,7 +36,8 @@ class AuditEvent(models.Model):
         HL7 = "hl7", "HL7"
         SYSTEM = "system", "System"
 
-    occurred_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # When it happened: given by core.audit (an association's row may be written later).
+    occurred_at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -40,6 +40,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at impo
 )
 
 from core import audit
+from core.dicom_lean import LeanAssociation
 from core.dicom_server import calling, status_dataset, usable_database
 from pacs import journal, retrieve, selectors, services
 from pacs.selectors import node_cache
@@ -106,16 +107,23 @@ def _may(event: Event, right: str) -> bool:
 
 def _audit_association(event: Event, outcome: str, detail: str) -> None:
     # Off the association's path: the peer's first request does not wait for the row, which
-    # is committed before the association ends (core.dicom_server flushes on release).
+    # is committed before the association ends on this side (core.dicom_server writes held
+    # and queued rows when it is released or aborted).
     ae_title, address = calling(event)
-    audit.record_soon(
-        audit.Action.ASSOCIATION,
-        actor_name=ae_title,
-        channel=audit.Channel.DICOM,
-        source_address=address,
-        outcome=outcome,
-        detail=detail,
-    )
+    facts: audit.Facts = {
+        "actor_name": ae_title,
+        "channel": audit.Channel.DICOM,
+        "source_address": address,
+        "outcome": outcome,
+        "detail": detail,
+    }
+    if outcome == audit.Outcome.SUCCESS and isinstance(event.assoc, LeanAssociation):
+        # It only verifies or queries, on this thread: the row is written once the peer
+        # has its A-RELEASE-RP. Written meanwhile by the audit writer, it took CPU from
+        # the association itself (0.3 to 0.5 ms of a replayed C-ECHO or C-FIND).
+        audit.hold(audit.Action.ASSOCIATION, **facts)
+    else:
+        audit.record_soon(audit.Action.ASSOCIATION, **facts)
 
 
 def handle_accepted(event: Event) -> None:

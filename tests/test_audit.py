@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ast
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from core import audit
 from core.models import AuditEvent
 from tests import factories
+from tests.netutil import DEADLINE
 from tests.personas import PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -125,3 +129,37 @@ def test_record_soon_commits_from_the_writer_and_flush_waits_for_it() -> None:
         "success",
     )
     assert event.occurred_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_held_event_is_written_when_its_connection_ends_and_flush_waits_for_it() -> None:
+    """audit.hold: nothing is written at once, nor with the thread's other events; at the
+    connection's end write_held commits it, with the time it was held; flush meanwhile
+    waits for events held on any thread."""
+    facts: dict[str, Any] = {"channel": audit.Channel.DICOM, "source_address": "192.0.2.9"}
+    held = threading.Event()
+    end = threading.Event()
+    times: list[Any] = []
+
+    def connection() -> None:
+        audit.hold(audit.Action.ASSOCIATION, actor_name="HELD", detail="accepted", **facts)
+        times.append(timezone.now())
+        audit.record(audit.Action.QUERY, actor_name="HELD", detail="a query", **facts)
+        held.set()
+        end.wait(DEADLINE)
+        assert audit.write_held()
+
+    thread = threading.Thread(target=connection)
+    thread.start()
+    assert held.wait(DEADLINE)
+    assert not audit.flush(timeout=0.2)  # held by a connection still open
+    assert list(AuditEvent.objects.filter(actor_name="HELD").values_list("action", flat=True)) == [
+        "query"
+    ]
+    end.set()
+    assert audit.flush(timeout=DEADLINE)
+    thread.join(DEADLINE)
+    association = AuditEvent.objects.get(actor_name="HELD", action="association")
+    query = AuditEvent.objects.get(actor_name="HELD", action="query")
+    assert association.occurred_at <= times[0] <= query.occurred_at
+    assert association.pk > query.pk  # written later, dated when it happened

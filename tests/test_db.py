@@ -256,7 +256,7 @@ def test_a_shaped_query_is_the_sql_django_makes_and_compiled_once_per_shape(
                 assert [_seen(row) for row in fast] == [_seen(row) for row in plain]
     shaped_compiles = len(compiled)
     compiled.clear()
-    for plain, fast in variants(["SHAPE-1", "SHAPE-2"]):
+    for _plain, fast in variants(["SHAPE-1", "SHAPE-2"]):
         list(fast)
     assert compiled == []  # every shape known: only WHEREs compiled
     assert shaped_compiles > 0

@@ -19,7 +19,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from bench import replay
-from core import dicom_lean
+from core import audit, dicom_lean
 from core.dicom_server import ArchiveAE, build_ae, start
 from core.models import AuditEvent
 from pacs import dimse, selectors
@@ -45,6 +45,7 @@ def served_by(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.fixture
 def server(settings: Any) -> Iterator[tuple[ArchiveAE, int]]:
     settings.DICOM_SERVICES = [
+        "pacs.dimse.access_service",
         "pacs.dimse.verification_service",
         "pacs.dimse.query_service",
         "pacs.dimse.storage_service",
@@ -384,3 +385,51 @@ def test_a_request_seen_before_is_negotiated_by_each_server_for_itself(settings:
     finally:
         for ae in aes:
             ae.shutdown()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lean_association_is_in_the_trail_once_released(
+    server: tuple[ArchiveAE, int],
+) -> None:
+    """Its row is held (core.audit.hold) until the association ends, dated when it was
+    accepted; its queries' rows are written before their final responses."""
+    _, port = server
+    assoc = _associate(port, [StudyRootQueryRetrieveInformationModelFind])
+    statuses = [
+        status.Status
+        for status, _ in assoc.send_c_find(_study(), StudyRootQueryRetrieveInformationModelFind)
+    ]
+    assert statuses == [STATUS_SUCCESS]
+    rows = AuditEvent.objects.filter(actor_name="LEANSCU")
+    assert [row.action for row in rows] == ["query"]  # not released yet
+    assoc.release()
+    assoc = _associate(port, [Verification])
+    assert assoc.send_c_echo().Status == STATUS_SUCCESS
+    assoc.abort()
+    assert audit.flush(timeout=DEADLINE)
+    rows = AuditEvent.objects.filter(actor_name="LEANSCU").order_by("occurred_at", "id")
+    assert [(row.action, row.detail.split(";")[0]) for row in rows] == [
+        ("association", f"accepted by {SCP_AE_TITLE}"),
+        ("query", "0 result(s)"),
+        ("association", f"accepted by {SCP_AE_TITLE}"),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_fault_while_serving_aborts_the_association_and_its_row_is_written(
+    server: tuple[ArchiveAE, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, port = server
+
+    def broken(self: Any, *, answer: bool = True) -> None:
+        raise RuntimeError("a fault")
+
+    monkeypatch.setattr(dicom_lean.LeanAssociation, "_read_one", broken)
+    assoc = _associate(port, [Verification])
+    wait_until(lambda: True if assoc.is_aborted else None, what="the A-ABORT")
+    assert audit.flush(timeout=DEADLINE)  # nothing left held
+    assert AuditEvent.objects.filter(actor_name="LEANSCU", action="association").count() == 1
+    monkeypatch.undo()
+    assoc = _associate(port, [Verification])  # the listener goes on
+    assert assoc.send_c_echo().Status == STATUS_SUCCESS
+    assoc.release()
