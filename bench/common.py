@@ -51,7 +51,9 @@ def scratch_database(name: str) -> str:
     base = os.environ.get("BENCH_DATABASE_URL", "")
     if base.startswith("postgres"):
         admin = re.sub(r"/[^/]*$", "/postgres", base)
-        for statement in (f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"):
+        # FORCE: a listener started by hand may still be connected to the last one.
+        drop = f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        for statement in (drop, f"CREATE DATABASE {name}"):
             subprocess.run(["psql", admin, "-qc", statement], check=True, capture_output=True)
         return re.sub(r"/[^/]*$", f"/{name}", base)
     folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))

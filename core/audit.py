@@ -180,10 +180,17 @@ def hold(action: str, **facts: Unpack[Facts]) -> None:
 
 
 def write_held(timeout: float = 10.0) -> bool:
-    """Hand the events this thread holds to the audit writer, and wait until everything
-    queued for it is committed; False on timeout. For the end of a connection."""
+    """Write the events this thread holds, and wait until everything queued for the audit
+    writer is committed; False on timeout. For the end of a connection.
+
+    An event the database does not take now goes to the writer, which waits out an outage.
+    """
     for action, facts in _take_held():
-        _writer().put((action, facts))
+        try:
+            insert_row(_build(action, None, **facts))
+        except Exception:
+            logger.exception("audit event handed to the writer: %s %s", action, facts)
+            _writer().put((action, facts))
     writer = _WRITER[0] if _WRITER else None
     return writer.flush(timeout) if writer is not None else True
 

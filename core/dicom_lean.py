@@ -393,6 +393,7 @@ class LeanAssociation:
         # Requests read while another was being answered (the peer did not wait).
         self._waiting: deque[tuple[Any, int]] = deque()
         self.abort = self._abort_blocking
+        self._longest: int | None = None  # the longest PDU taken (_longest_pdu)
 
     # -- what pynetdicom's Association offers -------------------------------------------
 
@@ -566,10 +567,12 @@ class LeanAssociation:
             raise _Closed from exc
 
     def _longest_pdu(self) -> int:
-        from core.dicom_reactor import _PDV_HEADROOM, DIRECT_PDU_LIMIT
+        if self._longest is None:
+            from core.dicom_reactor import _PDV_HEADROOM, DIRECT_PDU_LIMIT
 
-        maximum = self.ae.maximum_pdu_size or DIRECT_PDU_LIMIT
-        return min(maximum + _PDV_HEADROOM, DIRECT_PDU_LIMIT)
+            maximum = self.ae.maximum_pdu_size or DIRECT_PDU_LIMIT
+            self._longest = min(maximum + _PDV_HEADROOM, DIRECT_PDU_LIMIT)
+        return self._longest
 
     def _receive_data(self, body: bytes, answer: bool) -> None:
         from core.dicom_reactor import ReceivedData, new_message
