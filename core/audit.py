@@ -184,13 +184,20 @@ def write_held(timeout: float = 10.0) -> bool:
     writer is committed; False on timeout. For the end of a connection.
 
     An event the database does not take now goes to the writer, which waits out an outage.
+    Until each is written or queued, flush waits for it.
     """
-    for action, facts in _take_held():
+    held = _held()
+    for action, facts in held:
         try:
             insert_row(_build(action, None, **facts))
         except Exception:
             logger.exception("audit event handed to the writer: %s %s", action, facts)
             _writer().put((action, facts))
+    if held:
+        with _HELD_CHANGED:
+            _HELD.events = []
+            _HELD_COUNT[0] -= len(held)
+            _HELD_CHANGED.notify_all()
     writer = _WRITER[0] if _WRITER else None
     return writer.flush(timeout) if writer is not None else True
 
@@ -217,17 +224,6 @@ def _held() -> list[tuple[str, Facts]]:
     if held is None:
         held = _HELD.events = []
     return held
-
-
-def _take_held() -> list[tuple[str, Facts]]:
-    held = _held()
-    if not held:
-        return []
-    with _HELD_CHANGED:
-        taken, _HELD.events = held, []
-        _HELD_COUNT[0] -= len(taken)
-        _HELD_CHANGED.notify_all()
-    return taken
 
 
 class _Writer(threading.Thread):

@@ -394,6 +394,7 @@ class LeanAssociation:
         self._waiting: deque[tuple[Any, int]] = deque()
         self.abort = self._abort_blocking
         self._longest: int | None = None  # the longest PDU taken (_longest_pdu)
+        self._counted = False  # among the server's associations (serve, _leave)
 
     # -- what pynetdicom's Association offers -------------------------------------------
 
@@ -635,6 +636,7 @@ class LeanAssociation:
             self.send(_PDU_HEADER.pack(A_RELEASE_RP_PDU, 0, 4) + bytes(4))
         self.is_established = False
         self.is_released = True
+        self._leave()
         self._notify(evt.EVT_RELEASED)
 
     def _send_abort(self, source: int, reason: int) -> None:
@@ -646,7 +648,16 @@ class LeanAssociation:
             return
         self.is_established = False
         self.is_aborted = True
+        self._leave()
         self._notify(evt.EVT_ABORTED)
+
+    def _leave(self) -> None:
+        """No longer count among the server's associations (FastAssociationServer.busy): once
+        it is over for the peer, before what follows (its audit row, the peer's close), so
+        that the next connection is not held back as if this process were busy."""
+        if self._counted:
+            self._counted = False
+            self._server.lean_ended()
 
     def _notify(self, event: Any) -> None:
         """Call the handlers bound to a notification EVENT; their errors are logged, as
@@ -677,10 +688,12 @@ def serve(
     client_address: Any,
     request: AssociateRequest,
 ) -> None:
-    """Serve the association of REQUEST on this thread, counted as the server's while it runs."""
+    """Serve the association of REQUEST on this thread, counted as the server's until it is
+    released or aborted."""
     assoc = LeanAssociation(server, sock, client_address, request)
     server.lean_started()
+    assoc._counted = True
     try:
         assoc.serve()
     finally:
-        server.lean_ended()
+        assoc._leave()

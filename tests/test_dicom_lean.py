@@ -201,18 +201,27 @@ def test_a_malformed_p_data_aborts_a_lean_association_and_the_server_goes_on(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_stopping_the_server_aborts_a_connection_that_has_sent_nothing(
+def test_a_connection_that_has_sent_nothing_does_not_hold_the_server_at_stop(
     settings: Any,
 ) -> None:
+    """The requestor speaks first (PS3.8 9.1.2): a connection wakes the server only with its
+    first bytes (TCP_DEFER_ACCEPT), so a silent one takes no thread, and stopping the server
+    does not wait for it (the ACSE timeout would hold it 30 s); it is then refused."""
     settings.DICOM_SERVICES = ["pacs.dimse.verification_service"]
     ae = build_ae(SCP_AE_TITLE)
     listener = start(ae, "127.0.0.1", 0, block=False)
     port = int(listener.server_address[1])
     with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as silent:
-        # The server has the connection once it answers another association.
-        assert replay.echo(port, SCP_AE_TITLE, "LEANSCU") > 0
-        ae.shutdown()  # the ACSE timeout (30 s) would otherwise hold the silent one
-        data = silent.recv(64)
+        assert replay.echo(port, SCP_AE_TITLE, "LEANSCU") > 0  # served meanwhile
+        stopping = threading.Thread(target=ae.shutdown)
+        stopping.start()
+        stopping.join(DEADLINE)
+        assert not stopping.is_alive()
+        try:
+            silent.sendall(replay.associate_rq(SCP_AE_TITLE, "LEANSCU", replay.VERIFICATION))
+            data = silent.recv(64)
+        except (ConnectionResetError, BrokenPipeError):
+            data = b""
     assert data in (b"", struct.pack(">BBIBBBB", dicom_lean.A_ABORT_PDU, 0, 4, 0, 0, 2, 0))
 
 
@@ -327,34 +336,46 @@ def test_anything_else_goes_to_pynetdicom(data: bytes) -> None:
     assert dicom_lean.lean_request(data, server) is None  # type: ignore[arg-type]
 
 
-def test_connection_threads_are_kept_for_the_next_connection_and_end_on_stop() -> None:
-    from core.dicom_reactor import _Workers
+@pytest.mark.django_db(transaction=True)
+def test_connections_are_served_on_the_thread_that_accepts_them_kept_and_ended_on_stop(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """core.dicom_reactor._Leaders: the thread that accepts a connection serves it, another
+    waits for the next meanwhile; threads are kept from one connection to the next, and
+    all end when the server stops."""
+    served: list[int] = []
 
-    served: list[tuple[str, int]] = []
-    release = threading.Event()
+    def handle_echo(event: Any) -> int:
+        served.append(threading.get_ident())
+        return STATUS_SUCCESS
 
-    def serve(number: int) -> None:
-        served.append((threading.current_thread().name, threading.get_ident()))
-        if number == 2:  # held: the next one needs a thread of its own
-            assert release.wait(DEADLINE)
-
-    workers = _Workers(serve, limit=4)
-    workers.submit(1)
-    wait_until(lambda: len(served) == 1 or None, what="the first job")
-    wait_until(lambda: workers._idle == 1 or None, what="its thread idle again")
-    workers.submit(2)
-    wait_until(lambda: len(served) == 2 or None, what="the second job")
-    workers.submit(3)
-    wait_until(lambda: len(served) == 3 or None, what="the third job, beside the second")
-    release.set()
-    assert served[0][1] == served[1][1]  # the first thread served the second job too
-    assert served[2][1] != served[1][1]  # the third came while the second was held
-    idents = {ident for _, ident in served}
-    threads = [t for t in threading.enumerate() if t.ident in idents]
-    workers.stop()
+    monkeypatch.setattr(dimse, "handle_echo", handle_echo)
+    settings.DICOM_SERVICES = ["pacs.dimse.verification_service"]
+    ae = build_ae(SCP_AE_TITLE)
+    listener = start(ae, "127.0.0.1", 0, block=False)
+    port = int(listener.server_address[1])
+    try:
+        held = _associate(port, [Verification])  # its thread stays with it
+        assert held.send_c_echo().Status == STATUS_SUCCESS
+        for _ in range(3):
+            assoc = _associate(port, [Verification])
+            assert assoc.send_c_echo().Status == STATUS_SUCCESS
+            assoc.release()
+        assert held.send_c_echo().Status == STATUS_SUCCESS
+        held.release()
+        assert served[0] == served[-1]  # the held association's own thread, both times
+        assert served[0] not in served[1:4]
+        assert len(set(served[1:4])) <= 2  # kept, not one thread per connection
+        threads = [
+            thread
+            for thread in threading.enumerate()
+            if thread.name == "dicom-connection" and thread.ident in set(served)
+        ]
+    finally:
+        ae.shutdown()
     for thread in threads:
         thread.join(DEADLINE)
-    assert len(threads) == 2 and not any(thread.is_alive() for thread in threads)
+    assert threads and not any(thread.is_alive() for thread in threads)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -425,7 +446,10 @@ def test_a_fault_while_serving_aborts_the_association_and_its_row_is_written(
         raise RuntimeError("a fault")
 
     monkeypatch.setattr(dicom_lean.LeanAssociation, "_read_one", broken)
-    assoc = _associate(port, [Verification])
+    scu = AE(ae_title="LEANSCU")
+    scu.acse_timeout = scu.dimse_timeout = scu.network_timeout = DEADLINE
+    scu.add_requested_context(Verification)
+    assoc = scu.associate("127.0.0.1", port, ae_title=SCP_AE_TITLE)  # aborted at once
     wait_until(lambda: True if assoc.is_aborted else None, what="the A-ABORT")
     assert audit.flush(timeout=DEADLINE)  # nothing left held
     assert AuditEvent.objects.filter(actor_name="LEANSCU", action="association").count() == 1
