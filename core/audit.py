@@ -8,13 +8,14 @@ method, so this module needs no knowledge of the other apps' models.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as dt
 import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypedDict, Unpack
 
 from django.db import (
@@ -161,6 +162,32 @@ def record_beside(action: str, **facts: Unpack[Facts]) -> Callable[[], None]:
     while its matches go out, and is in the trail before the final response.
     """
     return insert_row_beside(_build(action, None, **facts))
+
+
+@contextlib.contextmanager
+def recorded_beside(action: str, **facts: Unpack[Facts]) -> Iterator[Callable[[], None]]:
+    """record_beside for the block that sends a query's answers: the row's commit is waited
+    for when the block ends (before the final response; an error there is raised), or
+    earlier through the function it yields (before the connection is used again). When the
+    block ends early (the peer went away, or a cancel), it is waited for all the same, and
+    a row that could not be written is in the log at least."""
+    wait: Callable[[], None] | None = record_beside(action, **facts)
+
+    def settle() -> None:
+        nonlocal wait
+        waiting, wait = wait, None
+        if waiting is not None:
+            waiting()
+
+    try:
+        yield settle
+    except BaseException:
+        try:
+            settle()
+        except Exception:
+            logger.exception("audit event not written: %s %s", action, facts)
+        raise
+    settle()
 
 
 def hold(action: str, **facts: Unpack[Facts]) -> None:

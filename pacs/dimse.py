@@ -9,9 +9,10 @@ calling node, call a service or selector, answer with a named status.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
@@ -269,18 +270,14 @@ def handle_find(event: Event) -> Iterator[tuple[int, Dataset | None]]:
         return
     retrieve_ae_title = event.assoc.ae.ae_title
 
-    def recorded(detail: str, *, beside: bool = False) -> Callable[[], None] | None:
-        facts: audit.Facts = {
+    def facts(detail: str) -> audit.Facts:
+        return {
             "actor_name": ae_title,
             "channel": audit.Channel.DICOM,
             "source_address": address,
             "object_type": f"pacs.{query.level.lower()}",
             "detail": f"{detail}; keys: {', '.join(query.keys)}",
         }
-        if beside:
-            return audit.record_beside(audit.Action.QUERY, **facts)
-        audit.record(audit.Action.QUERY, **facts)
-        return None
 
     first, rest = selectors.match_rows(query)
     # Before the final response, every query is in the audit trail: pynetdicom sends that
@@ -288,42 +285,30 @@ def handle_find(event: Event) -> Iterator[tuple[int, Dataset | None]]:
     # When every match is known at once, PostgreSQL commits the row while the matches go
     # out (the commit took about 0.9 ms of a C-FIND of five matches); nothing else uses
     # the connection until it is waited for.
-    committed = None
-    if rest is None:
-        committed = recorded(f"{len(first)} result(s); C-FIND {model} root", beside=True)
-
-    def wait_for_the_row() -> None:
-        nonlocal committed
-        wait, committed = committed, None
-        if wait is not None:
-            wait()
-
-    try:
+    found = f"{len(first)} result(s); C-FIND {model} root"
+    with (
+        audit.recorded_beside(audit.Action.QUERY, **facts(found))
+        if rest is None
+        else contextlib.nullcontext(_nothing)
+    ) as settle:
         count = 0
         rows = itertools.chain(first, rest or ())
         for response in selectors.responses(rows, query, identifier, retrieve_ae_title):
             if event.is_cancelled:
-                if rest is None:
-                    wait_for_the_row()
-                    sent = f"{count} of {len(first)} result(s) sent"
-                    recorded(f"{sent}; C-FIND {model} root cancelled")
-                else:
-                    recorded(f"{count} result(s); C-FIND {model} root cancelled")
+                settle()
+                sent = f"{count} of {len(first)}" if rest is None else str(count)
+                detail = f"{sent} result(s) sent; C-FIND {model} root cancelled"
+                audit.record(audit.Action.QUERY, **facts(detail))
                 yield STATUS_CANCEL, None
                 return
             count += 1
             yield STATUS_PENDING, response
-        if rest is None:
-            wait_for_the_row()
-        else:
-            recorded(f"{count} result(s); C-FIND {model} root")
-    finally:
-        # The association ended before the final response: the connection is read clear,
-        # and a row that could not be written is in the log at least.
-        try:
-            wait_for_the_row()
-        except Exception:
-            logger.exception("C-FIND audit row from %s not written", ae_title)
+        if rest is not None:
+            audit.record(audit.Action.QUERY, **facts(f"{count} result(s); C-FIND {model} root"))
+
+
+def _nothing() -> None:
+    return None
 
 
 def query_service(ae: ApplicationEntity) -> list[EventHandler]:

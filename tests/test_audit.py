@@ -163,3 +163,44 @@ def test_a_held_event_is_written_when_its_connection_ends_and_flush_waits_for_it
     query = AuditEvent.objects.get(actor_name="HELD", action="query")
     assert association.occurred_at <= times[0] <= query.occurred_at
     assert association.pk > query.pk  # written later, dated when it happened
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_beside_a_block_is_waited_for_at_its_end_even_an_early_one(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """audit.recorded_beside: committed by the end of the block; when the block ends early
+    (a peer gone), waited for all the same, the block's own error going on; on PostgreSQL a
+    row that could not be written then is in the log, and the connection goes on."""
+    from django.db import connection
+
+    facts: dict[str, Any] = {"channel": audit.Channel.DICOM, "detail": "a query"}
+    with audit.recorded_beside(audit.Action.QUERY, actor_name="BESIDE1", **facts):
+        pass
+    assert AuditEvent.objects.filter(actor_name="BESIDE1").count() == 1
+    with (
+        pytest.raises(RuntimeError, match="peer gone"),
+        audit.recorded_beside(audit.Action.QUERY, actor_name="BESIDE2", **facts),
+    ):
+        raise RuntimeError("peer gone")
+    assert AuditEvent.objects.filter(actor_name="BESIDE2").count() == 1
+    if connection.vendor != "postgresql":
+        return  # elsewhere the row is written at once, before the block
+    built = audit._build
+
+    def unwritable(action: str, *args: Any, **kwargs: Any) -> AuditEvent:
+        event = built(action, *args, **kwargs)
+        event.outcome = None  # type: ignore[assignment]  # NOT NULL: the INSERT fails
+        return event
+
+    monkeypatch.setattr(audit, "_build", unwritable)
+    with (
+        pytest.raises(RuntimeError, match="peer gone"),
+        audit.recorded_beside(audit.Action.QUERY, actor_name="BESIDE3", **facts),
+    ):
+        raise RuntimeError("peer gone")
+    assert "audit event not written" in caplog.text
+    monkeypatch.setattr(audit, "_build", built)
+    audit.record(audit.Action.QUERY, actor_name="BESIDE4", **facts)
+    assert not AuditEvent.objects.filter(actor_name="BESIDE3").exists()
+    assert AuditEvent.objects.filter(actor_name="BESIDE4").count() == 1
