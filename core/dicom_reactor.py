@@ -654,7 +654,12 @@ class FastAssociationServer(SharedListener, ThreadedAssociationServer):
         for sock in sockets:
             dicom_lean.abort_connection(sock)
         self._leaders.stopping.set()
-        super().server_close()
+        if self.adopted:
+            # The supervisor's socket, which the other processes go on accepting from:
+            # shutting it down (pynetdicom's server_close) would stop theirs too.
+            self.socket.close()
+        else:
+            super().server_close()
 
     def service_actions(self) -> None:
         """pynetdicom runs a full gc.collect() every 60 turns of the accept loop, and each

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import struct
@@ -457,3 +458,31 @@ def test_a_fault_while_serving_aborts_the_association_and_its_row_is_written(
     assoc = _associate(port, [Verification])  # the listener goes on
     assert assoc.send_c_echo().Status == STATUS_SUCCESS
     assoc.release()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_process_that_stops_leaves_the_shared_socket_to_the_others(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two listeners adopt one listening socket, as the supervisor's processes do
+    (core.listeners.SharedListener): one stopping closes only its own descriptor."""
+    from core.listeners import LISTEN_FD_VARIABLE, listening_socket
+
+    settings.DICOM_SERVICES = ["pacs.dimse.verification_service"]
+    shared = listening_socket("127.0.0.1", 0)
+    port = shared.getsockname()[1]
+    aes = []
+    try:
+        for _ in range(2):
+            monkeypatch.setenv(LISTEN_FD_VARIABLE, str(os.dup(shared.fileno())))
+            ae = build_ae(SCP_AE_TITLE)
+            ae.shared = True
+            start(ae, "127.0.0.1", port, block=False)
+            aes.append(ae)
+        aes[0].shutdown()
+        for _ in range(3):
+            assert replay.echo(port, SCP_AE_TITLE, "LEANSCU") > 0  # the other still serves
+    finally:
+        for ae in aes[1:]:
+            ae.shutdown()
+        shared.close()
