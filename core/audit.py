@@ -148,30 +148,22 @@ def record_soon(action: str, **facts: Unpack[Facts]) -> None:
     listener flushes when the association ends, so a row is committed before its
     association is over. Patient data access is recorded with `record`.
     """
-    # Built by the writer too: a model instance costs the caller's thread about 0.1 ms.
+    # Built by the writer too (a model instance costs the caller's thread about 0.1 ms),
+    # dated now: the writer may commit it much later, past a database outage.
+    facts.setdefault("occurred_at", timezone.now())
     _writer().put((action, facts))
-
-
-def record_beside(action: str, **facts: Unpack[Facts]) -> Callable[[], None]:
-    """Send one audit event to the database now, outside any transaction, and return the
-    function that waits for its commit (and raises what stopped it, as `record` would):
-    PostgreSQL commits the row while the caller goes on. The caller must call it before it
-    answers, and use the database for nothing else meanwhile (core.db.insert_row_beside).
-
-    For an access whose row would otherwise hold up the answer: a C-FIND's is committed
-    while its matches go out, and is in the trail before the final response.
-    """
-    return insert_row_beside(_build(action, None, **facts))
 
 
 @contextlib.contextmanager
 def recorded_beside(action: str, **facts: Unpack[Facts]) -> Iterator[Callable[[], None]]:
-    """record_beside for the block that sends a query's answers: the row's commit is waited
-    for when the block ends (before the final response; an error there is raised), or
-    earlier through the function it yields (before the connection is used again). When the
-    block ends early (the peer went away, or a cancel), it is waited for all the same, and
-    a row that could not be written is in the log at least."""
-    wait: Callable[[], None] | None = record_beside(action, **facts)
+    """Send one audit event to the database now, outside any transaction, for the block
+    that sends a query's answers: PostgreSQL commits the row while the answers go out
+    (core.db.insert_row_beside), and the block uses the database for nothing else until
+    the commit is waited for. That is when the block ends (before the final response; an
+    error there is raised, as `record` would), or earlier through the function it yields.
+    When the block ends early (the peer went away, or a cancel), it is waited for all the
+    same, and a row that could not be written is in the log at least."""
+    wait: Callable[[], None] | None = insert_row_beside(_build(action, None, **facts))
 
     def settle() -> None:
         nonlocal wait

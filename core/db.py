@@ -30,7 +30,7 @@ from psycopg.pq import ExecStatus, TransactionStatus
 Rows = list[tuple[Any, ...]]
 
 # (model, database alias) -> the INSERT statement, built once.
-_STATEMENTS: dict[tuple[type[models.Model], str], str] = {}
+_STATEMENTS: dict[tuple[type[models.Model], str, bool], str] = {}
 
 
 def fetch(sql: str, params: Sequence[Any] = (), *, using: str = DEFAULT_DB_ALIAS) -> Rows:
@@ -149,7 +149,7 @@ def _insert_of(
     """The INSERT of INSTANCE, a new row, and its values, as Model.save() makes them."""
     model = type(instance)
     instance._prepare_related_fields_for_save(operation_name="save")  # type: ignore[attr-defined]
-    key = (model, connection.alias)
+    key = (model, connection.alias, returning)
     statement = _STATEMENTS.get(key)
     if statement is None:
         statement = _STATEMENTS[key] = _insert_statement(model, connection, returning)
@@ -190,7 +190,7 @@ def insert_rows(parent: models.Model, child: models.Model, link: str) -> None:
     parent._prepare_related_fields_for_save(operation_name="save")  # type: ignore[attr-defined]
     others = [f for f in child._meta.concrete_fields if f is not foreign_key]
     child._prepare_related_fields_for_save(operation_name="save", fields=others)  # type: ignore[attr-defined]
-    key = (type(child), f"{connection.alias}:{link}")
+    key = (type(child), f"{connection.alias}:{link}", True)
     statement = _STATEMENTS.get(key)
     if statement is None:
         quote = connection.ops.quote_name
@@ -546,6 +546,14 @@ class _Shaped:
 
     def as_sql(self, with_limits: bool = True, with_col_aliases: bool = False) -> Any:
         query = self.query
+        if (
+            query.combinator
+            or query.extra
+            or (query.select and not query.values_select)
+            or query.select_for_update
+            or query.deferred_loading != (frozenset(), True)
+        ):  # parts the key below does not tell apart: compiled whole
+            return super().as_sql(with_limits, with_col_aliases)  # type: ignore[misc]
         try:
             where, params = self.compile(query.where)  # type: ignore[attr-defined]
         except FullResultSet:

@@ -423,6 +423,8 @@ class LeanAssociation:
 
     def serve(self) -> None:
         """Negotiate, then answer every request until the peer releases or aborts."""
+        self._server.lean_started()
+        self._counted = True
         try:
             if not self._negotiate():
                 return
@@ -445,6 +447,7 @@ class LeanAssociation:
                 self._send_abort(ABORT_SOURCE_PROVIDER, 0)
                 self._end_aborted()
         finally:
+            self._leave()
             self._await_close()
 
     def _await_close(self) -> None:
@@ -690,10 +693,4 @@ def serve(
 ) -> None:
     """Serve the association of REQUEST on this thread, counted as the server's until it is
     released or aborted."""
-    assoc = LeanAssociation(server, sock, client_address, request)
-    server.lean_started()
-    assoc._counted = True
-    try:
-        assoc.serve()
-    finally:
-        assoc._leave()
+    LeanAssociation(server, sock, client_address, request).serve()

@@ -65,8 +65,10 @@ DIRECT_PDU_LIMIT = 16 * 1024 * 1024
 # Connection threads kept beyond the most associations allowed at once: a connection over
 # the limit still needs a thread to be refused on.
 WORKERS_OVER_LIMIT = 4
-# How often (seconds) the thread waiting for a connection looks whether the server stops.
+# How often (seconds) the thread waiting for a connection looks whether the server stops,
+# and how long it waits after a failed accept before it tries again.
 ACCEPT_POLL = 0.5
+ACCEPT_RETRY = 0.1
 # Seconds a connection may wait for its first bytes before the kernel hands it over anyway
 # (TCP_DEFER_ACCEPT): the requestor speaks first (PS3.8 9.1.2), so a connection wakes a
 # thread only once its A-ASSOCIATE-RQ is there to read.
@@ -619,6 +621,7 @@ class FastAssociationServer(SharedListener, ThreadedAssociationServer):
                 if stopping.is_set() or self.socket.fileno() < 0:
                     return None
                 logger.exception("accepting a DICOM connection failed")
+                stopping.wait(ACCEPT_RETRY)  # out of descriptors, say: not a busy loop
                 continue
             if self.verify_request(request, address):
                 return request, address

@@ -289,7 +289,7 @@ def handle_find(event: Event) -> Iterator[tuple[int, Dataset | None]]:
     with (
         audit.recorded_beside(audit.Action.QUERY, **facts(found))
         if rest is None
-        else contextlib.nullcontext(_nothing)
+        else contextlib.nullcontext(lambda: None)
     ) as settle:
         count = 0
         rows = itertools.chain(first, rest or ())
@@ -305,10 +305,6 @@ def handle_find(event: Event) -> Iterator[tuple[int, Dataset | None]]:
             yield STATUS_PENDING, response
         if rest is not None:
             audit.record(audit.Action.QUERY, **facts(f"{count} result(s); C-FIND {model} root"))
-
-
-def _nothing() -> None:
-    return None
 
 
 def query_service(ae: ApplicationEntity) -> list[EventHandler]:

@@ -351,6 +351,8 @@ def _value_condition(path: str, keyword: str, value: str) -> Q:
         return _time_condition(path, value, keyword)
     if vr == "UI":
         uids = [uid.strip() for uid in value.split("\\") if uid.strip()]
+        if not uids:
+            raise QueryError(f"{keyword}: a list of UIDs holding none")
         return Q(**{f"{path}__in": uids}) if len(uids) > 1 else Q(**{path: uids[0]})
     if vr == "IS" or vr in ("US", "UL"):
         try:
@@ -502,10 +504,11 @@ def _stored_value(keyword: str, records: dict[str, Any]) -> Any:
 
 
 def find(identifier: Dataset, model: str, *, retrieve_ae_title: str) -> Iterator[Dataset]:
-    """Yield one response identifier per match of IDENTIFIER, from one SQL query."""
-    yield from matches(
-        build_query(identifier, model), identifier, retrieve_ae_title=retrieve_ae_title
-    )
+    """Yield one response identifier per match of IDENTIFIER, from one SQL query (more
+    stream through a cursor)."""
+    query = build_query(identifier, model)
+    first, rest = match_rows(query)
+    yield from responses(itertools.chain(first, rest or ()), query, identifier, retrieve_ae_title)
 
 
 @functools.cache
@@ -562,12 +565,6 @@ def responses(
         if "RetrieveAETitle" in identifier:
             response.RetrieveAETitle = retrieve_ae_title
         yield response
-
-
-def matches(query: FindQuery, identifier: Dataset, *, retrieve_ae_title: str) -> Iterator[Dataset]:
-    """Yield the response identifiers of QUERY (built from IDENTIFIER), streaming the rows."""
-    first, rest = match_rows(query)
-    yield from responses(itertools.chain(first, rest or ()), query, identifier, retrieve_ae_title)
 
 
 def unique_key(level: str) -> str:

@@ -167,6 +167,9 @@ def test_a_bad_query_gets_a_failure_with_a_reason_and_the_server_goes_on(archive
     assert "StudyDate" in final.ErrorComment
     _, final = c_find(archive, query("PATIENT", PatientID=""), model="study")
     assert final.Status == 0xA900
+    _, final = c_find(archive, query("STUDY", StudyInstanceUID="\\", PatientID=""))
+    assert final.Status == 0xA900  # a list of UIDs with none in it
+    assert "StudyInstanceUID" in final.ErrorComment
     matches, final = c_find(archive, query("STUDY", PatientID="P1"))
     assert final.Status == 0x0000 and len(matches) == 1
 
@@ -186,7 +189,7 @@ def test_every_query_is_in_the_audit_trail_before_its_final_response(archive: in
 def test_a_query_whose_audit_row_cannot_be_written_ends_in_a_failure(
     archive: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The row is committed beside the matches (core.audit.record_beside); the final
+    """The row is committed beside the matches (core.audit.recorded_beside); the final
     response waits for it, and fails when it could not be written."""
     from core import audit
     from core.models import AuditEvent

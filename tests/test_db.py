@@ -260,3 +260,17 @@ def test_a_shaped_query_is_the_sql_django_makes_and_compiled_once_per_shape(
         list(fast)
     assert compiled == []  # every shape known: only WHEREs compiled
     assert shaped_compiles > 0
+    # The same WHERE and order as a shape seen, other columns: not taken for that shape.
+    for rows in (Order.objects.all(), shaped(Order)):
+        only = rows.filter(accession_number="SHAPE-1").order_by("-id").only("accession_number")
+        assert (
+            only.query.sql_with_params()
+            == Order.objects.filter(accession_number="SHAPE-1")
+            .order_by("-id")
+            .only("accession_number")
+            .query.sql_with_params()
+        )
+        assert [_seen(row) for row in only] == [
+            {"id": row.id, "accession_number": "SHAPE-1"}
+            for row in Order.objects.filter(accession_number="SHAPE-1")
+        ]
