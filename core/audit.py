@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, TypedDict, Unpack
+from typing import Any, NamedTuple, Protocol, TypedDict, Unpack
 
 from django.db import (
     InterfaceError,
@@ -27,7 +27,7 @@ from django.db import (
 from django.http import HttpRequest
 from django.utils import timezone
 
-from core.db import insert_row, insert_row_beside
+from core.db import insert_row, insert_rows_beside
 from core.listeners import wait_drained
 from core.models import AuditEvent
 
@@ -132,6 +132,7 @@ def record(action: str, target: models.Model | None = None, **facts: Unpack[Fact
     A request supplies the actor, channel and address when they are not given.
     """
     event = _build(action, target, **facts)
+    settle()  # rows this thread sent beside go first: one statement at a time
     # No one asks for the event by id: inside db.writes_together it goes with the next
     # statement (the HL7 listener's commit), a round trip less.
     insert_row(event, wait=False)
@@ -154,95 +155,178 @@ def record_soon(action: str, **facts: Unpack[Facts]) -> None:
     _writer().put((action, facts))
 
 
-@contextlib.contextmanager
-def recorded_beside(action: str, **facts: Unpack[Facts]) -> Iterator[Callable[[], None]]:
-    """Send one audit event to the database now, outside any transaction, for the block
-    that sends a query's answers: PostgreSQL commits the row while the answers go out
-    (core.db.insert_row_beside), and the block uses the database for nothing else until
-    the commit is waited for. That is when the block ends (before the final response; an
-    error there is raised, as `record` would), or earlier through the function it yields.
-    When the block ends early (the peer went away, or a cancel), it is waited for all the
-    same, and a row that could not be written is in the log at least."""
-    wait: Callable[[], None] | None = insert_row_beside(_build(action, None, **facts))
-
-    def settle() -> None:
-        nonlocal wait
-        waiting, wait = wait, None
-        if waiting is not None:
-            waiting()
-
-    try:
-        yield settle
-    except BaseException:
-        try:
-            settle()
-        except Exception:
-            logger.exception("audit event not written: %s %s", action, facts)
-        raise
-    settle()
-
-
 def hold(action: str, **facts: Unpack[Facts]) -> None:
     """Keep one event of this thread's connection, with the time it happened, until the
     connection ends (`write_held`).
 
     For a DICOM association that only verifies or queries (core.dicom_lean): its row is
     written once the peer has the A-RELEASE-RP, and committed before the association's
-    thread serves anything else; every query in it is recorded, with the peer's AE title
-    and address, before its answer. A process killed while such an association is open
-    loses that association's row, not its queries' rows.
+    thread serves anything else. A process killed while such an association is open
+    loses that association's row, and the rows of its queries not yet sent
+    (`record_answered`: at most SEND_WITHIN seconds' worth).
     """
-    facts.setdefault("occurred_at", timezone.now())
-    with _HELD_CHANGED:
-        _held().append((action, facts))
-        _HELD_COUNT[0] += 1
+    _keep(action, facts, answered=False)
+
+
+def record_answered(action: str, **facts: Unpack[Facts]) -> Facts:
+    """Record one event of the request this thread is answering (a DICOM query), kept until
+    the answer is out: the answer does not wait for the row (`answering` says when it is
+    written). The facts returned may still be changed until then (how many matches a
+    cancelled query sent).
+
+    For threads that serve their requests through `answering` and end with `write_held`
+    (core.dicom_server binds it): nothing else writes the event. Once it is sent, the
+    thread's database connection is busy until the thread waits for the row (its next
+    request, `record`, or its end): nothing else may use it meanwhile.
+    """
+    return _keep(action, facts, answered=True)
+
+
+@contextlib.contextmanager
+def answering(*, later: bool = False) -> Iterator[None]:
+    """Around the serving of one request of a connection on its thread: events sent for an
+    earlier request are waited for before this one uses the database, and those recorded
+    while answering this one (`record_answered`) are written once it is answered, before
+    the thread goes on. With LATER they are only sent, when the connection is idle a
+    moment (`send_answered`) or ends (`write_held`), or at the end of a request answered
+    SEND_WITHIN seconds or more after the oldest was recorded: for a thread that serves
+    its connection alone, to its end."""
+    settle()
+    try:
+        yield
+    finally:
+        since = unsent_since()
+        if since is not None and not later:
+            send_answered()
+            settle()
+        elif since is not None and time.monotonic() - since >= SEND_WITHIN:
+            send_answered()
+
+
+# How long at most (seconds) an answered request's events wait for their connection to be
+# idle before they are sent (answering(later=True)), as long as no request takes longer.
+SEND_WITHIN = 0.2
+
+
+def unsent_since() -> float | None:
+    """When (time.monotonic) this thread recorded the oldest answered event it has not sent
+    yet; None when there is none."""
+    for event in _KEPT.events:
+        if event.answered:
+            return event.kept_at
+    return None
+
+
+def send_answered() -> None:
+    """Send the events of the requests this thread answered, in one statement, without
+    waiting for it (settle waits)."""
+    _send(answered_only=True)
+
+
+def settle() -> None:
+    """Wait for the events this thread sent. Those the database did not take go to the
+    audit writer, which waits out an outage or logs them whole."""
+    wait, sent = _KEPT.waiting, _KEPT.sent
+    if wait is None:
+        return
+    _KEPT.waiting, _KEPT.sent = None, []
+    try:
+        wait()
+    except Exception:
+        _hand_to_writer(sent)
+        return
+    _forget(len(sent))
 
 
 def write_held(timeout: float = 10.0) -> bool:
-    """Write the events this thread holds, and wait until everything queued for the audit
-    writer is committed; False on timeout. For the end of a connection.
+    """Write the events this thread keeps (held, or recorded and not yet sent), after those
+    it sent, and wait until everything queued for the audit writer is committed; False on
+    timeout. For the end of a connection.
 
     An event the database does not take now goes to the writer, which waits out an outage.
     Until each is written or queued, flush waits for it.
     """
-    held = _held()
-    for action, facts in held:
-        try:
-            insert_row(_build(action, None, **facts))
-        except Exception:
-            logger.exception("audit event handed to the writer: %s %s", action, facts)
-            _writer().put((action, facts))
-    if held:
-        with _HELD_CHANGED:
-            _HELD.events = []
-            _HELD_COUNT[0] -= len(held)
-            _HELD_CHANGED.notify_all()
+    _send(answered_only=False)
+    settle()
     writer = _WRITER[0] if _WRITER else None
     return writer.flush(timeout) if writer is not None else True
 
 
 def flush(timeout: float = 10.0) -> bool:
     """Wait until every event recorded so far is committed: those queued by record_soon,
-    and those held by connections (committed once each ends); False on timeout."""
+    and those kept by connections (committed as their requests are answered, or as each
+    connection ends); False on timeout."""
     deadline = time.monotonic() + timeout
-    with _HELD_CHANGED:
-        if not _HELD_CHANGED.wait_for(lambda: _HELD_COUNT[0] == 0, timeout):
+    with _KEPT_CHANGED:
+        if not _KEPT_CHANGED.wait_for(lambda: _KEPT_COUNT[0] == 0, timeout):
             return False
     writer = _WRITER[0] if _WRITER else None
     return writer.flush(max(deadline - time.monotonic(), 0)) if writer is not None else True
 
 
-# Events held by each thread (hold), and how many in all, for flush to wait on.
-_HELD = threading.local()
-_HELD_COUNT = [0]
-_HELD_CHANGED = threading.Condition()
+class _Event(NamedTuple):
+    action: str
+    facts: Facts
+    answered: bool  # of a request answered (record_answered), not held for the end
+    kept_at: float  # time.monotonic()
 
 
-def _held() -> list[tuple[str, Facts]]:
-    held: list[tuple[str, Facts]] | None = getattr(_HELD, "events", None)
-    if held is None:
-        held = _HELD.events = []
-    return held
+class _Kept(threading.local):
+    """The events a thread keeps for its connection, and those it sent and has not yet
+    waited for (with the function that waits)."""
+
+    def __init__(self) -> None:
+        self.events: list[_Event] = []
+        self.waiting: Callable[[], None] | None = None
+        self.sent: list[_Event] = []
+
+
+_KEPT = _Kept()
+# How many events all threads keep, for flush to wait on.
+_KEPT_COUNT = [0]
+_KEPT_CHANGED = threading.Condition()
+
+
+def _keep(action: str, facts: Facts, *, answered: bool) -> Facts:
+    facts.setdefault("occurred_at", timezone.now())
+    with _KEPT_CHANGED:
+        _KEPT.events.append(_Event(action, facts, answered, time.monotonic()))
+        _KEPT_COUNT[0] += 1
+    return facts
+
+
+def _send(*, answered_only: bool) -> None:
+    """Send this thread's kept events (only those of answered requests, with ANSWERED_ONLY)
+    in one statement, without waiting (settle waits)."""
+    chosen, left = [], []
+    for event in _KEPT.events:
+        (chosen if event.answered or not answered_only else left).append(event)
+    if not chosen:
+        return
+    _KEPT.events = left
+    settle()  # one statement at a time on the connection
+    try:
+        _KEPT.waiting = insert_rows_beside(
+            [_build(event.action, None, **event.facts) for event in chosen]
+        )
+        _KEPT.sent = chosen
+    except Exception:
+        _hand_to_writer(chosen)
+
+
+def _hand_to_writer(events: list[_Event]) -> None:
+    """EVENTS, which the database did not take now, go to the writer."""
+    logger.exception("audit events handed to the writer: %s", events)
+    for event in events:
+        _writer().put((event.action, event.facts))
+    _forget(len(events))
+
+
+def _forget(count: int) -> None:
+    """COUNT kept events are written, or queued for the writer (which flush waits for)."""
+    with _KEPT_CHANGED:
+        _KEPT_COUNT[0] -= count
+        _KEPT_CHANGED.notify_all()
 
 
 class _Writer(threading.Thread):

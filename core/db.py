@@ -96,17 +96,21 @@ def insert_row(instance: models.Model, *, wait: bool = True) -> None:
     written(fetch(statement, values, using=connection.alias))
 
 
-def insert_row_beside(instance: models.Model) -> Callable[[], None]:
-    """Send INSTANCE's INSERT now, in a transaction of its own, and return the function that
-    waits for its answer (the row is then committed and its primary key set; an error is
-    raised there). PostgreSQL writes and commits the row while the caller goes on, which
-    must call the function before anything else uses this thread's connection.
+def insert_rows_beside(instances: Sequence[models.Model]) -> Callable[[], None]:
+    """Send the INSERTs of INSTANCES, new rows of one model, now, in one transaction of their
+    own, and return the function that waits for the answer (the rows are then committed
+    and their primary keys set; an error is raised there, and then none is written).
+    PostgreSQL writes and commits the rows while the caller goes on, which must call the
+    function before anything else uses this thread's connection. A statement sent whole
+    is committed even if this process dies before it waits.
 
     Where that cannot be (not PostgreSQL, inside a transaction, Django's debug cursor, a
-    model with save receivers), the row is written at once and the function does nothing.
+    model with save receivers), the rows are written at once and the function does nothing.
     """
-    model = type(instance)
-    connection = connections[router.db_for_write(model, instance=instance)]
+    if not instances:
+        return _nothing
+    model = type(instances[0])
+    connection = connections[router.db_for_write(model, instance=instances[0])]
     if (
         connection.vendor != "postgresql"
         or connection.in_atomic_block
@@ -114,21 +118,22 @@ def insert_row_beside(instance: models.Model) -> Callable[[], None]:
         or pre_save.has_listeners(model)
         or post_save.has_listeners(model)
         or model._meta.auto_field is None
-        or instance.pk is not None
+        or any(type(instance) is not model or instance.pk is not None for instance in instances)
     ):
-        insert_row(instance)
-        return _nothing
+        return _written_at_once(instances)
     _fast_cursor(connection)  # connected, and no broken transaction
     raw = connection.connection
     if raw.pgconn.transaction_status != _IDLE or not raw.autocommit:
-        insert_row(instance)
-        return _nothing
-    statement, values = _insert_of(instance, connection, True)
+        return _written_at_once(instances)
     pgconn = raw.pgconn
     with connection.wrap_database_errors:
-        # One query string, the values quoted by psycopg as execute() would; the simple
-        # protocol commits it on its own (no BEGIN: the connection is in autocommit).
-        text = _client_cursor(connection).mogrify(statement, values)
+        # One query string, the values quoted by psycopg as execute() would. The simple
+        # protocol runs its statements in one transaction, committed at its end (no BEGIN:
+        # the connection is in autocommit).
+        client = _client_cursor(connection)
+        text = "; ".join(
+            client.mogrify(*_insert_of(instance, connection, True)) for instance in instances
+        )
         pgconn.send_query(text.encode(raw.info.encoding))
         raw.wait(generators.send(pgconn))
 
@@ -138,9 +143,16 @@ def insert_row_beside(instance: models.Model) -> Callable[[], None]:
             for result in results:
                 if result.status == ExecStatus.FATAL_ERROR:
                     raise psycopg_errors.error_from_result(result, encoding=raw.info.encoding)
-        _written(instance, connection, int(results[0].get_value(0, 0)))  # type: ignore[arg-type]
+        for instance, result in zip(instances, results, strict=True):
+            _written(instance, connection, int(result.get_value(0, 0)))  # type: ignore[arg-type]
 
     return answered
+
+
+def _written_at_once(instances: Sequence[models.Model]) -> Callable[[], None]:
+    for instance in instances:
+        insert_row(instance)
+    return _nothing
 
 
 def _insert_of(

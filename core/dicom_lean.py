@@ -26,6 +26,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at impo
     uid_to_service_class,
 )
 
-from core import dicom_codec
+from core import audit, dicom_codec
 
 if TYPE_CHECKING:
     from core.dicom_reactor import FastAssociationServer
@@ -436,6 +437,7 @@ class LeanAssociation:
                 elif self.release_requested:
                     self._release()
                 else:
+                    self._send_audit_when_idle()
                     self._read_one()
         except _Closed:
             if self.is_established:
@@ -624,13 +626,32 @@ class LeanAssociation:
         try:
             self.dimse.cancel_req = {}
             service = uid_to_service_class(primitive.AffectedSOPClassUID)
-            service(self).SCP(primitive, context)  # type: ignore[arg-type]  # duck-typed
+            with audit.answering(later=True):  # its rows go once the peer is idle
+                service(self).SCP(primitive, context)  # type: ignore[arg-type]  # duck-typed
             self.dimse.cancel_req = {}
         except Exception:
             logger.exception(
                 "serving %s from %s", type(primitive).__name__, self.requestor.ae_title
             )
             self.abort()
+
+    def _send_audit_when_idle(self) -> None:
+        """Before waiting for the peer's next PDU: the audit rows of the requests answered
+        (a query's) are sent once the peer has been silent a moment (audit.SEND_WITHIN
+        after the oldest was recorded), or with the association's end. Sent at once after
+        the final response, their statement took the CPU that the peer's release and its
+        answer needed (two cores, shared with PostgreSQL): a replayed PatientID C-FIND
+        association took 4.7 ms that way, 4.0 with its rows sent after the release."""
+        since = audit.unsent_since()
+        if since is None:
+            return
+        remaining = audit.SEND_WITHIN - (time.monotonic() - since)
+        if remaining > 0:
+            with contextlib.suppress(OSError, ValueError):
+                readable, _, _ = select.select([self._socket], [], [], remaining)
+                if readable:
+                    return  # served first; the rows go after it at the latest
+        audit.send_answered()
 
     def _release(self) -> None:
         """Answer A-RELEASE-RQ (PS3.8 9.3.7) and end the association."""

@@ -49,7 +49,7 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from core import dicom_codec, dicom_lean
+from core import audit, dicom_codec, dicom_lean
 from core.listeners import SharedListener
 
 logger = logging.getLogger(__name__)
@@ -481,6 +481,15 @@ class FastRequestHandler(RequestHandler):
         if self._prefix:
             sock.unread(self._prefix)
         assoc.set_socket(sock)
+        serve = assoc._serve_request
+
+        def serve_answering(msg: Any, context_id: int) -> None:
+            # Its rows are written once it is answered. Not later: pynetdicom may end the
+            # association on another thread (an abort), which would not write them.
+            with audit.answering():
+                serve(msg, context_id)
+
+        assoc._serve_request = serve_answering  # type: ignore[method-assign]
         return assoc
 
 

@@ -15,6 +15,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
+from core import audit
 from core.dicom_server import build_ae, start
 from pacs import journal
 from pacs.selectors import node_cache
@@ -33,6 +34,8 @@ def running_archive() -> Iterator[int]:
         yield int(server.server_address[1])
     finally:
         ae.shutdown()
+        # The rows of associations that ended last go in before the test's database goes.
+        audit.flush(timeout=30)
         node_cache.clear()
         intake = journal.current()
         if intake is not None:

@@ -14,7 +14,7 @@ from django.utils import timezone
 from core import audit
 from core.models import AuditEvent
 from tests import factories
-from tests.netutil import DEADLINE
+from tests.netutil import DEADLINE, wait_until
 from tests.personas import PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -166,41 +166,70 @@ def test_a_held_event_is_written_when_its_connection_ends_and_flush_waits_for_it
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_row_beside_a_block_is_waited_for_at_its_end_even_an_early_one(
+def test_events_of_a_request_are_written_once_it_is_answered_or_later_when_idle(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """audit.recorded_beside: committed by the end of the block; when the block ends early
-    (a peer gone), waited for all the same, the block's own error going on; on PostgreSQL a
-    row that could not be written then is in the log, and the connection goes on."""
-    from django.db import connection
+    """audit.record_answered inside audit.answering: nothing is written while the request
+    is answered (its facts can still change); the row is written once it is, before the
+    thread goes on. With later=True, it waits for send_answered (the connection idle) and
+    is waited for by the next request or the connection's end; flush waits for that. A
+    row the database refuses goes to the writer, and the thread's connection goes on."""
+    from django.db import connection as main_connection
 
     facts: dict[str, Any] = {"channel": audit.Channel.DICOM, "detail": "a query"}
-    with audit.recorded_beside(audit.Action.QUERY, actor_name="BESIDE1", **facts):
-        pass
-    assert AuditEvent.objects.filter(actor_name="BESIDE1").count() == 1
-    with (
-        pytest.raises(RuntimeError, match="peer gone"),
-        audit.recorded_beside(audit.Action.QUERY, actor_name="BESIDE2", **facts),
-    ):
-        raise RuntimeError("peer gone")
-    assert AuditEvent.objects.filter(actor_name="BESIDE2").count() == 1
-    if connection.vendor != "postgresql":
-        return  # elsewhere the row is written at once, before the block
+    steps = {name: threading.Event() for name in ("answering", "answer", "answered", "end")}
+
+    def wait(name: str) -> None:
+        assert steps[name].wait(DEADLINE), name
+
+    def connection() -> None:
+        with audit.answering():
+            found = audit.record_answered(audit.Action.QUERY, actor_name="ANSWERED1", **facts)
+            steps["answering"].set()
+            wait("answer")
+            found["detail"] = "3 of 9 sent"
+        assert audit.unsent_since() is None
+        with audit.answering(later=True):
+            audit.record_answered(audit.Action.QUERY, actor_name="ANSWERED2", **facts)
+        assert audit.unsent_since() is not None  # kept: the connection is not idle yet
+        audit.send_answered()
+        steps["answered"].set()
+        wait("end")
+        with audit.answering():  # the next request: the last one's row is waited for first
+            audit.record(audit.Action.QUERY, actor_name="ANSWERED3", **facts)
+        assert audit.write_held()
+
+    thread = threading.Thread(target=connection)
+    thread.start()
+    wait("answering")
+    assert not AuditEvent.objects.filter(actor_name="ANSWERED1").exists()
+    steps["answer"].set()
+    wait("answered")
+    assert AuditEvent.objects.get(actor_name="ANSWERED1").detail == "3 of 9 sent"
+    wait_until(lambda: AuditEvent.objects.filter(actor_name="ANSWERED2").first())
+    if main_connection.vendor == "postgresql":
+        assert not audit.flush(timeout=0.2)  # sent, not yet waited for by its thread
+    steps["end"].set()
+    thread.join(DEADLINE)
+    assert audit.flush(timeout=DEADLINE)
+    assert AuditEvent.objects.filter(actor_name="ANSWERED3").count() == 1
+    if main_connection.vendor != "postgresql":
+        return  # elsewhere the row is written at once, once answered
     built = audit._build
 
     def unwritable(action: str, *args: Any, **kwargs: Any) -> AuditEvent:
         event = built(action, *args, **kwargs)
-        event.outcome = None  # type: ignore[assignment]  # NOT NULL: the INSERT fails
+        if kwargs.get("actor_name") == "REFUSED":
+            event.outcome = None  # type: ignore[assignment]  # NOT NULL: the INSERT fails
         return event
 
     monkeypatch.setattr(audit, "_build", unwritable)
-    with (
-        pytest.raises(RuntimeError, match="peer gone"),
-        audit.recorded_beside(audit.Action.QUERY, actor_name="BESIDE3", **facts),
-    ):
-        raise RuntimeError("peer gone")
-    assert "audit event not written" in caplog.text
-    monkeypatch.setattr(audit, "_build", built)
-    audit.record(audit.Action.QUERY, actor_name="BESIDE4", **facts)
-    assert not AuditEvent.objects.filter(actor_name="BESIDE3").exists()
-    assert AuditEvent.objects.filter(actor_name="BESIDE4").count() == 1
+    monkeypatch.setattr(audit, "WRITE_ATTEMPTS", 1)
+    with audit.answering():
+        audit.record_answered(audit.Action.QUERY, actor_name="REFUSED", **facts)
+    audit.record(audit.Action.QUERY, actor_name="AFTER", **facts)
+    assert audit.write_held()  # the refused row waited for, and the writer drained
+    assert "audit events handed to the writer" in caplog.text
+    assert "audit event cannot be written" in caplog.text  # whole, in the log
+    assert not AuditEvent.objects.filter(actor_name="REFUSED").exists()
+    assert AuditEvent.objects.filter(actor_name="AFTER").count() == 1

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.db import OperationalError
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -57,6 +58,20 @@ def server(settings: Any) -> Iterator[tuple[ArchiveAE, int]]:
     listener = start(ae, "127.0.0.1", 0, block=False)
     yield ae, int(listener.server_address[1])
     ae.shutdown()
+    # The rows of associations that ended last go in before the test's database goes.
+    audit.flush(timeout=DEADLINE)
+
+
+def _wait_for_row(rows: Any, timeout: float = DEADLINE) -> AuditEvent:
+    """The first of ROWS once the listener has written it, the association still open."""
+
+    def first() -> AuditEvent | None:
+        try:
+            return rows.first()  # type: ignore[no-any-return]
+        except OperationalError:  # SQLite's shared test database, while the row goes in
+            return None
+
+    return wait_until(first, timeout=timeout, what="the audit row")
 
 
 def _associate(port: int, contexts: list[str], **kwargs: Any) -> Any:
@@ -135,13 +150,12 @@ def test_c_cancel_stops_a_lean_query(
     assoc.release()
     assert statuses[-1] == STATUS_CANCEL
     assert len(statuses) < total - 1
-    # What was found, then what was sent before the cancel, both in the audit trail.
-    details = list(
-        AuditEvent.objects.filter(action="query").order_by("id").values_list("detail", flat=True)
-    )
-    assert details[0].startswith(f"{total} result(s); C-FIND study root; keys: ")
-    sent = rf"\d+ of {total} result\(s\) sent; C-FIND study root cancelled; keys: "
-    assert re.match(sent, details[1])
+    # One row: what was found, and how much of it was sent before the cancel.
+    assert audit.flush(timeout=DEADLINE)
+    [detail] = AuditEvent.objects.filter(action="query").values_list("detail", flat=True)
+    sent = rf"(\d+) of {total} result\(s\) sent; C-FIND study root cancelled; keys: "
+    match = re.match(sent, detail)
+    assert match and int(match.group(1)) == len(statuses)  # the first pending, then the rest
 
 
 def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
@@ -414,7 +428,8 @@ def test_a_lean_association_is_in_the_trail_once_released(
     server: tuple[ArchiveAE, int],
 ) -> None:
     """Its row is held (core.audit.hold) until the association ends, dated when it was
-    accepted; its queries' rows are written before their final responses."""
+    accepted; each query's row is sent once its final response is, the association still
+    open (core.audit.record_answered)."""
     _, port = server
     assoc = _associate(port, [StudyRootQueryRetrieveInformationModelFind])
     statuses = [
@@ -423,6 +438,7 @@ def test_a_lean_association_is_in_the_trail_once_released(
     ]
     assert statuses == [STATUS_SUCCESS]
     rows = AuditEvent.objects.filter(actor_name="LEANSCU")
+    _wait_for_row(rows.filter(action="query"))
     assert [row.action for row in rows] == ["query"]  # not released yet
     assoc.release()
     assoc = _associate(port, [Verification])
@@ -435,6 +451,31 @@ def test_a_lean_association_is_in_the_trail_once_released(
         ("query", "0 result(s)"),
         ("association", f"accepted by {SCP_AE_TITLE}"),
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_query_row_is_sent_once_answered_on_an_association_pynetdicom_serves_too(
+    served_by: list[str], server: tuple[ArchiveAE, int]
+) -> None:
+    """An association that may also store is served by pynetdicom's threads: its queries'
+    rows go out as each is answered all the same (core.dicom_reactor wraps the serving),
+    not only once the association ends."""
+    _, port = server
+    assoc = _associate(
+        port, [StudyRootQueryRetrieveInformationModelFind, CTImageStorage, Verification]
+    )
+    assert assoc.send_c_echo().Status == STATUS_SUCCESS
+    assert served_by == ["Association"]  # pynetdicom's, not the lean one
+    statuses = [
+        status.Status
+        for status, _ in assoc.send_c_find(_study(), StudyRootQueryRetrieveInformationModelFind)
+    ]
+    assert statuses == [STATUS_SUCCESS]
+    rows = AuditEvent.objects.filter(actor_name="LEANSCU", action="query")
+    _wait_for_row(rows, timeout=5)  # the association still open
+    assoc.release()
+    assert audit.flush(timeout=DEADLINE)
+    assert [row.detail.split(";")[0] for row in rows] == ["0 result(s)"]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -17,6 +17,7 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 
+from core import audit
 from core.dicom_server import ArchiveAE
 from core.models import AuditEvent
 from ris import services
@@ -314,6 +315,7 @@ def test_pynetdicom_scu_gets_the_worklist_of_its_station(
     assert final.Status == STATUS_SUCCESS
     assert [m.AccessionNumber for m in matches] == names(schedule, "doe_midnight", "muller")
     assert str(matches[1].PatientName) == "Müller^Hans"
+    assert audit.flush()  # written once the association is idle or ends
     event = AuditEvent.objects.get(action="query", channel="dicom")
     assert event.actor_name == MODALITY_AE
     assert event.detail.startswith("2 result(s); MWL C-FIND completed")
@@ -410,6 +412,7 @@ def test_c_cancel_stops_the_replies(
         cancel_seen.set()
         rest = [status.Status for status, _ in responses]
     assert rest == [STATUS_CANCEL]
+    assert audit.flush()
     assert AuditEvent.objects.filter(detail__contains="MWL C-FIND cancelled").exists()
 
 

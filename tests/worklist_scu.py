@@ -16,6 +16,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at impo
     Verification,
 )
 
+from core import audit
 from core.dicom_server import ArchiveAE, build_ae, start
 
 SCP_AE = "RISMWL"
@@ -36,6 +37,8 @@ def running_scp(ae_title: str = SCP_AE) -> Iterator[tuple[ArchiveAE, int]]:
         yield ae, int(server.server_address[1])
     finally:
         ae.shutdown()
+        # The rows of associations that ended last go in before the test's database goes.
+        audit.flush(timeout=30)
         connections.close_all()
 
 

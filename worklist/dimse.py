@@ -78,7 +78,7 @@ def _criteria(identifier: Dataset) -> str:
 def handle_worklist_find(event: Event) -> Iterator[tuple[Status, Dataset | None]]:
     """Answer an MWL C-FIND (PS3.4 K.4.1.1): one pending response per match, then success."""
     usable_database()
-    ae_title, _ = calling(event)
+    ae_title, address = calling(event)
     try:
         identifier = event.identifier
     except Exception as exc:
@@ -98,29 +98,30 @@ def handle_worklist_find(event: Event) -> Iterator[tuple[Status, Dataset | None]
         logger.exception("MWL query from %s failed", ae_title)
         yield status_dataset(STATUS_UNABLE_TO_PROCESS, "the worklist cannot be read now"), None
         return
-    for reply in matches:
-        if event.is_cancelled:
-            # pynetdicom sends the Cancel status and does not come back here.
-            _audit_query(event, matches, identifier, "cancelled")
-            yield STATUS_CANCEL, None
-            return
-        warning = bool(matches.unsupported)
-        yield (STATUS_PENDING_OPTIONAL_KEYS_NOT_SUPPORTED if warning else STATUS_PENDING), reply
-    _audit_query(event, matches, identifier, "completed")
+    criteria = _criteria(identifier)
 
+    def described(outcome: str) -> str:
+        return f"{outcome}; {criteria}"[:2000]
 
-def _audit_query(
-    event: Event, matches: selectors.WorklistMatches, identifier: Dataset, outcome: str
-) -> None:
-    ae_title, address = calling(event)
-    audit.record(
+    # Recorded before any match goes out, sent to the database as soon as the final
+    # response is (core.audit.record_answered); the count is known once all went.
+    found = audit.record_answered(
         audit.Action.QUERY,
         actor_name=ae_title,
         channel=audit.Channel.DICOM,
         source_address=address,
         object_type="ris.scheduledprocedurestep",
-        detail=f"{matches.count} result(s); MWL C-FIND {outcome}; {_criteria(identifier)}"[:2000],
+        detail=described("MWL C-FIND interrupted"),
     )
+    for reply in matches:
+        if event.is_cancelled:
+            # pynetdicom sends the Cancel status and does not come back here.
+            found["detail"] = described(f"{matches.count} result(s); MWL C-FIND cancelled")
+            yield STATUS_CANCEL, None
+            return
+        warning = bool(matches.unsupported)
+        yield (STATUS_PENDING_OPTIONAL_KEYS_NOT_SUPPORTED if warning else STATUS_PENDING), reply
+    found["detail"] = described(f"{matches.count} result(s); MWL C-FIND completed")
 
 
 def worklist_service(ae: ApplicationEntity) -> list[EventHandler]:
