@@ -237,8 +237,8 @@ def _replay_timer(keys: list[str]) -> Callable[[int, str], float]:
 
 
 def measure(servers: dict[str, tuple[int, str]], repeat: int) -> None:
-    """Median latencies for each server, their runs alternated (archive, Orthanc, archive,
-    ...) so that the machine's drift weighs on both alike."""
+    """Median latencies for each server, their runs alternated (archive, Orthanc, Orthanc,
+    archive, ...) so that the machine's drift weighs on both alike."""
     lines: list[tuple[str, str, str]] = []
     tools: dict[str, Callable[[int, str], float]] = {
         "echoscu (start-up and association)": lambda port, ae: time_command(
@@ -251,13 +251,24 @@ def measure(servers: dict[str, tuple[int, str]], repeat: int) -> None:
     tools["C-ECHO association, replayed"] = lambda port, ae: replay.echo(port, ae, "FINDSCU")
     for label, keys in QUERIES.items():
         tools[f"{label.split(' (')[0]}, replayed"] = _replay_timer(keys)
+    order = list(servers.items())
     for label, tool in tools.items():
         times: dict[str, list[float]] = {name: [] for name in servers}
-        for _ in range(repeat):
-            for name, (port, ae_title) in servers.items():
+        for turn in range(repeat):
+            # Each server goes first every other turn: what one leaves to do after its
+            # answer (its audit rows, closing) then weighs on both alike.
+            for name, (port, ae_title) in order[:: -1 if turn % 2 else 1]:
                 times[name].append(tool(port, ae_title))
         for name in servers:
             lines.append((name, label, f"median {common.median(times[name]) * 1000:6.1f} ms"))
+        if len(servers) == 2:
+            # findscu's own start-up swings by several ms from run to run: the median of the
+            # differences between the two runs of each turn says more than two medians.
+            first, second = (times[name] for name in servers)
+            gaps = [a - b for a, b in zip(first, second, strict=True)]
+            names = " - ".join(servers)
+            figure = f"median {common.median(gaps) * 1000:+6.2f} ms"
+            lines.append(("~" + names, label, figure))
     for name, label, figure in sorted(lines, key=lambda line: line[0]):
         print(f"{name:8s} {label:42s} {figure}")
 
@@ -266,7 +277,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=100_000)
     parser.add_argument("--orthanc-studies", type=int, default=2_000)
-    parser.add_argument("--repeat", type=int, default=21)
+    parser.add_argument("--repeat", type=int, default=201)
     parser.add_argument("--skip-orthanc", action="store_true")
     args = parser.parse_args()
 

@@ -298,7 +298,8 @@ def _keep(action: str, facts: Facts, *, answered: bool) -> Facts:
 def _send(*, answered_only: bool) -> None:
     """Send this thread's kept events (only those of answered requests, with ANSWERED_ONLY)
     in one statement, without waiting (settle waits)."""
-    chosen, left = [], []
+    chosen: list[_Event] = []
+    left: list[_Event] = []
     for event in _KEPT.events:
         (chosen if event.answered or not answered_only else left).append(event)
     if not chosen:

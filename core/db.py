@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.exceptions import EmptyResultSet, FullResultSet
-from django.db import DEFAULT_DB_ALIAS, connections, models, router
+from django.db import DEFAULT_DB_ALIAS, connections, models, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import QuerySet
 from django.db.models.signals import post_save, pre_save
@@ -150,8 +150,10 @@ def insert_rows_beside(instances: Sequence[models.Model]) -> Callable[[], None]:
 
 
 def _written_at_once(instances: Sequence[models.Model]) -> Callable[[], None]:
-    for instance in instances:
-        insert_row(instance)
+    """Write INSTANCES now, all or none, as the statement sent would have."""
+    with transaction.atomic(using=router.db_for_write(type(instances[0]), instance=instances[0])):
+        for instance in instances:
+            insert_row(instance)
     return _nothing
 
 

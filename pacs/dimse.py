@@ -273,8 +273,8 @@ def handle_find(event: Event) -> Iterator[tuple[int, Dataset | None]]:
         return f"{outcome}; keys: {', '.join(query.keys)}"
 
     first, rest = selectors.match_rows(query)
-    # Recorded before any match goes out, and sent to the database as soon as the final
-    # response is (core.audit.record_answered); the count is amended if fewer went.
+    # Recorded before any match goes out, written after the final response (when, says
+    # core.audit.answering); the count is amended if fewer went.
     known = str(len(first)) if rest is None else f"at least {len(first)}"
     found = audit.record_answered(
         audit.Action.QUERY,

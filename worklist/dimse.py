@@ -103,8 +103,8 @@ def handle_worklist_find(event: Event) -> Iterator[tuple[Status, Dataset | None]
     def described(outcome: str) -> str:
         return f"{outcome}; {criteria}"[:2000]
 
-    # Recorded before any match goes out, sent to the database as soon as the final
-    # response is (core.audit.record_answered); the count is known once all went.
+    # Recorded before any match goes out, written after the final response (when, says
+    # core.audit.answering); the count is known once all went.
     found = audit.record_answered(
         audit.Action.QUERY,
         actor_name=ae_title,
