@@ -376,6 +376,9 @@ def test_connections_are_served_on_the_thread_that_accepts_them_kept_and_ended_o
             assoc = _associate(port, [Verification])
             assert assoc.send_c_echo().Status == STATUS_SUCCESS
             assoc.release()
+            # Its thread waits to lead again once done with it (its audit row written, the
+            # peer's close seen); a connection coming before that gets a thread of its own.
+            wait_until(lambda: listener._leaders._followers or None, what="a thread back")
         assert held.send_c_echo().Status == STATUS_SUCCESS
         held.release()
         assert served[0] == served[-1]  # the held association's own thread, both times
