@@ -195,12 +195,11 @@ def answering(*, later: bool = False) -> Iterator[None]:
     try:
         yield
     finally:
-        since = unsent_since()
-        if since is not None and not later:
+        if later:
+            send_when_due()
+        else:
             send_answered()
             settle()
-        elif since is not None and time.monotonic() - since >= SEND_WITHIN:
-            send_answered()
 
 
 # How long at most (seconds) an answered request's events wait for their connection to be
@@ -214,6 +213,19 @@ def unsent_since() -> float | None:
     for event in _KEPT.events:
         if event.answered:
             return event.kept_at
+    return None
+
+
+def send_when_due() -> float | None:
+    """Send this thread's answered events if the oldest was recorded SEND_WITHIN seconds ago
+    or more; otherwise return the seconds left until then (None: nothing left to send)."""
+    since = unsent_since()
+    if since is None:
+        return None
+    left = SEND_WITHIN - (time.monotonic() - since)
+    if left > 0:
+        return left
+    send_answered()
     return None
 
 

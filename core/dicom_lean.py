@@ -26,7 +26,6 @@ import select
 import socket
 import struct
 import threading
-import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -642,15 +641,13 @@ class LeanAssociation:
         the final response, their statement took the CPU that the peer's release and its
         answer needed (two cores, shared with PostgreSQL): a replayed PatientID C-FIND
         association took 4.7 ms that way, 4.0 with its rows sent after the release."""
-        since = audit.unsent_since()
-        if since is None:
+        left = audit.send_when_due()
+        if left is None:
             return
-        remaining = audit.SEND_WITHIN - (time.monotonic() - since)
-        if remaining > 0:
-            with contextlib.suppress(OSError, ValueError):
-                readable, _, _ = select.select([self._socket], [], [], remaining)
-                if readable:
-                    return  # served first; the rows go after it at the latest
+        with contextlib.suppress(OSError, ValueError):
+            readable, _, _ = select.select([self._socket], [], [], left)
+            if readable:
+                return  # served first; the rows go after it at the latest
         audit.send_answered()
 
     def _release(self) -> None:
